@@ -1,0 +1,211 @@
+"""Fabric Connections built from connection_info.json, with host keys checked.
+
+Fabric 3 gives every Connection paramiko's ``AutoAddPolicy`` and never loads
+known_hosts, so it trusts any server. :func:`apply_host_key_policy` replaces
+that with ``[security] host_key_policy``:
+
+- ``strict`` (default): keys must already be in known_hosts;
+- ``accept-new``: unknown keys are recorded in known_hosts, changed keys refused;
+- ``off``: any key is accepted, with a warning.
+
+A changed key is refused under both strict and accept-new, naming the
+known_hosts line to fix.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import paramiko
+from fabric import Config, Connection
+from paramiko.hostkeys import HostKeyEntry, HostKeys
+
+from .errors import AuthError, ConnectError, HostKeyError
+from .inputs import HostEntry, Settings
+from .logger import add_secret, get_logger
+
+_known_hosts_lock = threading.Lock()
+
+#: Faster ciphers first: AES-GCM needs no separate MAC pass. Paramiko keeps
+#: its own order for whatever is missing here.
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    return f"{key.get_name()} {key.fingerprint}"
+
+
+def known_hosts_line(path: Path, lookup: str) -> int | None:
+    """The 1-based line of ``path`` holding a key for ``lookup`` (plain or hashed)."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for number, line in enumerate(lines, 1):
+        try:
+            entry = HostKeyEntry.from_line(line, number)
+        except Exception:  # malformed lines are paramiko's to skip, and ours
+            continue
+        if entry is None:
+            continue
+        for name in entry.hostnames:
+            if name == lookup or (name.startswith("|1|") and HostKeys.hash_host(lookup, name) == name):
+                return number
+    return None
+
+
+class HostKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """What to do with a host key that known_hosts does not have."""
+
+    def __init__(self, policy: str, known_hosts: Path, label: str):
+        self.policy = policy
+        self.known_hosts = known_hosts
+        self.label = label
+
+    def missing_host_key(self, client, hostname, key):
+        log = get_logger(self.label)
+        if self.policy == "off":
+            log.warning("host key NOT checked (host_key_policy = off): %s is %s", hostname, fingerprint(key))
+            return
+        if self.policy == "accept-new":
+            with _known_hosts_lock:
+                self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.known_hosts, "a", encoding="utf-8") as handle:
+                    handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+            client.get_host_keys().add(hostname, key.get_name(), key)
+            log.warning("new host key for %s recorded in %s: %s", hostname, self.known_hosts, fingerprint(key))
+            return
+        raise HostKeyError(
+            f"unknown host key {fingerprint(key)} for {hostname}: it is not in {self.known_hosts}; "
+            f"check it, then add it (ssh-keyscan {_keyscan_args(hostname)} >> {self.known_hosts}) "
+            "or set [security] host_key_policy = accept-new",
+            host=self.label,
+        )
+
+
+def _keyscan_args(hostname: str) -> str:
+    if hostname.startswith("["):
+        host, _, port = hostname[1:].partition("]:")
+        return f"-p {port} {host}"
+    return hostname
+
+
+def apply_host_key_policy(c: Connection, policy: str = "strict", known_hosts: Path | None = None,
+                          label: str | None = None) -> Connection:
+    """Replace Fabric's AutoAddPolicy with ``policy`` against ``known_hosts``."""
+    label = label or c.original_host
+    known_hosts = known_hosts or Path("~/.ssh/known_hosts").expanduser()
+    c.client.set_missing_host_key_policy(HostKeyPolicy(policy, known_hosts, label))
+    if policy != "off" and known_hosts.is_file():
+        # "system" host keys: read, never rewritten by paramiko.
+        c.client.load_system_host_keys(str(known_hosts))
+    return c
+
+
+def _fast_transport(*args, **kwargs) -> paramiko.Transport:
+    transport = paramiko.Transport(*args, **kwargs)
+    options = transport.get_security_options()
+    offered = tuple(options.ciphers)
+    options.ciphers = tuple(c for c in PREFERRED_CIPHERS if c in offered) + tuple(
+        c for c in offered if c not in PREFERRED_CIPHERS
+    )
+    return transport
+
+
+def build_connection(host: HostEntry, settings: Settings) -> Connection:
+    """A (not yet opened) Fabric Connection for one connection_info entry."""
+    connect_kwargs: dict = {
+        "transport_factory": _fast_transport,
+        "banner_timeout": settings.connect_timeout,
+        "auth_timeout": settings.connect_timeout,
+    }
+    if host.password:
+        add_secret(host.password)
+        connect_kwargs["password"] = host.password
+        if not host.key_filename:
+            # A password entry means password auth: don't wander through
+            # every key in ~/.ssh first (and trip MaxAuthTries).
+            connect_kwargs["look_for_keys"] = False
+            connect_kwargs["allow_agent"] = False
+    if host.key_filename:
+        connect_kwargs["key_filename"] = [host.key_filename]
+    c = Connection(
+        host.name,
+        user=host.user,
+        port=host.port,
+        connect_timeout=int(settings.connect_timeout),
+        connect_kwargs=connect_kwargs,
+        config=Config(),
+    )
+    return apply_host_key_policy(c, settings.host_key_policy, settings.known_hosts, host.name)
+
+
+def open_connection(c: Connection, label: str, retries: int = 0, backoff: float = 0.5) -> Connection:
+    """Open ``c``, retrying transient network errors; raise typed errors."""
+    log = get_logger(label)
+    attempt = 0
+    while True:
+        try:
+            _open_once(c, label)
+            return c
+        except ConnectError as exc:
+            if not exc.transient or attempt >= retries:
+                raise
+            attempt += 1
+            delay = backoff * 2 ** (attempt - 1)
+            log.warning("%s; retry %d of %d in %.1fs", exc, attempt, retries, delay)
+            time.sleep(delay)
+
+
+def _open_once(c: Connection, label: str) -> None:
+    log = get_logger(label)
+    started = time.monotonic()
+    try:
+        c.open()
+    except HostKeyError:
+        _close_quietly(c)
+        raise
+    except paramiko.BadHostKeyException as exc:
+        _close_quietly(c)
+        path = _known_hosts_path(c)
+        lookup = exc.hostname
+        line = known_hosts_line(path, lookup) if path else None
+        where = f"{path} line {line}" if line else str(path)
+        raise HostKeyError(
+            f"host key CHANGED for {lookup}: server offers {fingerprint(exc.key)}, {where} has "
+            f"{fingerprint(exc.expected_key)}; if the change is expected, remove that line "
+            f"(ssh-keygen -R '{lookup}' -f {path})",
+            host=label,
+        ) from None
+    except paramiko.AuthenticationException as exc:
+        _close_quietly(c)
+        raise AuthError(f"login refused for user {c.user!r}: {exc}; check the user, passkey or key_filename",
+                        host=label) from None
+    except (socket.timeout, TimeoutError) as exc:
+        _close_quietly(c)
+        raise ConnectError(f"timed out connecting to {c.host}:{c.port} ({exc or 'no answer'})", host=label) from None
+    except (OSError, EOFError, paramiko.SSHException) as exc:
+        _close_quietly(c)
+        raise ConnectError(f"cannot connect to {c.host}:{c.port}: {exc}", host=label) from None
+    sock = c.transport.sock
+    if isinstance(sock, socket.socket):
+        # One small acknowledgement per SCP message: without this, Nagle's
+        # algorithm holds each one back for ~40 ms.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    log.debug("connected to %s@%s:%s in %.3fs (cipher %s)", c.user, c.host, c.port,
+              time.monotonic() - started, c.transport.remote_cipher)
+
+
+def _known_hosts_path(c: Connection) -> Path | None:
+    policy = c.client._policy
+    return getattr(policy, "known_hosts", None)
+
+
+def _close_quietly(c: Connection) -> None:
+    try:
+        c.close()
+    except Exception:
+        pass

@@ -1,0 +1,314 @@
+"""Plan one host: walk each src, compare with the remote listing, and decide
+per file: send, skip, chmod, touch, link, make a folder, or delete.
+
+Pure logic over local files and a parsed listing; nothing here talks to a
+host, so it is tested without one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import stat
+import time
+from dataclasses import dataclass, field
+
+import pathspec
+
+from .inputs import Mapping
+from .remote import Listing, RemoteEntry, staging_name
+from .results import FileResult, MappingResult
+
+NEW_FILE = ">f+++++++++"
+NEW_DIR = "cd+++++++++"
+NEW_LINK = "cL+++++++++"
+DELETING = "*deleting  "
+NAME_MAX = 255
+
+
+@dataclass
+class LocalEntry:
+    rel: str  #: path below the mapping root, "/"-separated ("" for the root)
+    kind: str  #: f, d or l
+    path: str  #: absolute local path
+    size: int = 0
+    mtime_ns: int = 0
+    atime_ns: int = 0
+    mode: int = 0o644
+    link: str = ""
+
+
+@dataclass
+class Send:
+    local: LocalEntry
+    folder: str  #: remote folder the file lands in
+    name: str  #: final file name in that folder
+    result: FileResult
+
+
+@dataclass
+class MappingPlan:
+    mapping: Mapping
+    result: MappingResult
+    sends: list[Send] = field(default_factory=list)
+    links: list[Send] = field(default_factory=list)
+    mkparent: list[str] = field(default_factory=list)
+    mkdirs: list[str] = field(default_factory=list)
+    chmods: list[tuple[int, str]] = field(default_factory=list)
+    touches: list[tuple[str, str]] = field(default_factory=list)
+    removes: list[str] = field(default_factory=list)  #: cleared before sending (type changes)
+    deletes: list[str] = field(default_factory=list)  #: --delete, top-most paths only
+    error: str | None = None  #: the whole mapping cannot be synced
+
+
+@dataclass
+class HostPlan:
+    token: str
+    mappings: list[MappingPlan]
+    stale: list[str]
+
+    @property
+    def folders(self) -> list[str]:
+        """Remote folders that receive files or links (each gets a staging folder)."""
+        seen: dict[str, None] = {}
+        for plan in self.mappings:
+            for send in plan.sends + plan.links:
+                seen.setdefault(send.folder, None)
+        return list(seen)
+
+    def staging_dirs(self) -> list[str]:
+        return [posixpath.join(folder, staging_name(self.token)) for folder in self.folders]
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.stale) or any(
+            p.sends or p.links or p.mkdirs or p.chmods or p.touches or p.removes or p.deletes for p in self.mappings
+        )
+
+
+class Excluder:
+    """gitignore-style patterns, matched against paths below a mapping root."""
+
+    def __init__(self, patterns: tuple[str, ...] | list[str]):
+        self.spec = pathspec.GitIgnoreSpec.from_lines(list(patterns)) if patterns else None
+
+    def __call__(self, rel: str, is_dir: bool) -> bool:
+        if self.spec is None or not rel:
+            return False
+        return self.spec.match_file(rel + "/" if is_dir else rel)
+
+
+def _local(path: str, rel: str, info: os.stat_result, kind: str, link: str = "") -> LocalEntry:
+    return LocalEntry(rel=rel, kind=kind, path=path, size=info.st_size if kind == "f" else 0,
+                      mtime_ns=info.st_mtime_ns, atime_ns=info.st_atime_ns, mode=stat.S_IMODE(info.st_mode),
+                      link=link)
+
+
+def walk(mapping: Mapping, exclude: Excluder, symlinks: str, warn) -> list[LocalEntry]:
+    """Every file, folder and link under ``mapping.src`` that is not excluded."""
+    root = str(mapping.src)
+    info = os.stat(root)
+    if not mapping.is_dir:
+        return [_local(root, "", info, "f")]
+    entries = [_local(root, "", info, "d")]
+    stack = [(root, "")]
+    while stack:
+        folder, prefix = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                children = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            warn(f"{folder}: cannot read folder ({exc.strerror}): skipped")
+            continue
+        subfolders = []
+        for child in children:
+            rel = prefix + child.name
+            try:
+                child_info = child.stat(follow_symlinks=False)
+            except OSError as exc:
+                warn(f"{child.path}: cannot stat ({exc.strerror}): skipped")
+                continue
+            mode = child_info.st_mode
+            if stat.S_ISDIR(mode):
+                if exclude(rel, True):
+                    continue
+                entries.append(_local(child.path, rel, child_info, "d"))
+                subfolders.append((child.path, rel + "/"))
+            elif exclude(rel, False):
+                continue
+            elif stat.S_ISREG(mode):
+                entries.append(_local(child.path, rel, child_info, "f"))
+            elif stat.S_ISLNK(mode):
+                if symlinks == "skip":
+                    warn(f"{child.path}: symlink skipped (symlinks = skip)")
+                    continue
+                entries.append(_local(child.path, rel, child_info, "l", os.readlink(child.path)))
+            else:
+                warn(f"{child.path}: not a regular file, folder or symlink (socket, FIFO or device): skipped")
+        stack.extend(reversed(subfolders))
+    return entries
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def touch_stamp(mtime_ns: int) -> str:
+    """``touch -t`` form (UTC) of a modification time."""
+    return time.strftime("%Y%m%d%H%M.%S", time.gmtime(mtime_ns // 1_000_000_000))
+
+
+def _unsendable(name: str) -> str | None:
+    if "\n" in name:
+        return "the name contains a newline, which SCP cannot carry: rename it"
+    if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        return f"the name is longer than {NAME_MAX} bytes: shorten it"
+    return None
+
+
+def plan_mapping(mapping: Mapping, listing: Listing, *, compare: str, delete: bool, symlinks: str,
+                 global_exclude: tuple[str, ...], warn) -> MappingPlan:
+    dest = mapping.dest
+    result = MappingResult(src=str(mapping.src), dest=dest)
+    plan = MappingPlan(mapping=mapping, result=result)
+    exclude = Excluder(tuple(global_exclude) + tuple(mapping.exclude))
+    remote: dict[str, RemoteEntry] = listing.entries.get(dest, {})
+    root = remote.get(dest)
+    files = result.files
+
+    if mapping.is_dir and root is not None and root.kind != "d":
+        plan.error = f"dest {dest} exists and is not a folder: remove it or change dest"
+    if not mapping.is_dir and root is not None and root.kind == "d":
+        plan.error = f"dest {dest} is a folder: end dest with / to put the file into it, or remove the folder"
+    if plan.error:
+        files.append(FileResult(dest, "fail", plan.error))
+        return plan
+
+    local = walk(mapping, exclude, symlinks, warn)
+    wanted: set[str] = set()
+    for entry in local:
+        path = posixpath.join(dest, entry.rel) if entry.rel else dest
+        wanted.add(path)
+        folder, name = posixpath.split(path)
+        there = remote.get(path)
+        if entry.kind == "d":
+            if there is None or there.kind != "d":
+                if there is not None:
+                    plan.removes.append(path)
+                elif not entry.rel:
+                    plan.mkparent.append(posixpath.dirname(dest))
+                plan.mkdirs.append(path)
+                plan.chmods.append((entry.mode, path))
+                files.append(FileResult(path + "/", "mkdir", "new" if there is None else "type", flags=NEW_DIR))
+            elif there.mode != entry.mode:
+                plan.chmods.append((entry.mode, path))
+                files.append(FileResult(path + "/", "chmod", "mode", flags=".d...p....."))
+            continue
+        problem = _unsendable(name)
+        if problem:
+            files.append(FileResult(path, "fail", problem))
+            continue
+        if there is not None and there.kind == "d":
+            if not delete:
+                files.append(FileResult(path, "fail", "a folder is in the way remotely: remove it or run with --delete"))
+                continue
+            plan.removes.append(path)
+            files.append(FileResult(path + "/", "delete", "type", flags=DELETING))
+            there = None
+        if not entry.rel and there is None:
+            plan.mkparent.append(folder)
+        if entry.kind == "l":
+            if "\n" in entry.link:
+                files.append(FileResult(path, "fail", "the link target contains a newline: fix the link"))
+            elif there is not None and there.kind == "l" and there.link == entry.link:
+                files.append(FileResult(path, "skip", "unchanged", flags=".L         "))
+            else:
+                record = FileResult(path, "link", "new" if there is None else "changed", flags=NEW_LINK)
+                files.append(record)
+                plan.links.append(Send(entry, folder, name, record))
+            continue
+        reason, flags = _compare_file(entry, there, compare)
+        if reason == "unchanged":
+            files.append(FileResult(path, "skip", reason, entry.size, flags=".f         "))
+        elif reason in ("mode", "mtime-only"):
+            if reason == "mtime-only":
+                plan.touches.append((touch_stamp(entry.mtime_ns), path))
+                files.append(FileResult(path, "touch", "mtime", flags=flags))
+                if there.mode != entry.mode:
+                    plan.chmods.append((entry.mode, path))
+            else:
+                plan.chmods.append((entry.mode, path))
+                files.append(FileResult(path, "chmod", "mode", flags=flags))
+        else:
+            record = FileResult(path, "send", reason, entry.size, flags=flags)
+            files.append(record)
+            plan.sends.append(Send(entry, folder, name, record))
+
+    if delete and mapping.is_dir:
+        extraneous = sorted((p for p in remote if p not in wanted and p != dest), reverse=True)
+        top: list[str] = []
+        for path in extraneous:
+            rel = path[len(dest) + 1:]
+            if _excluded_or_below(rel, remote[path].kind == "d", exclude):
+                continue
+            if "\n" in path:
+                warn(f"{path}: remote name contains a newline; not deleted")
+                continue
+            kind = remote[path].kind
+            files.append(FileResult(path + ("/" if kind == "d" else ""), "delete", "extraneous", flags=DELETING))
+            parent = posixpath.dirname(path)
+            if parent == dest or parent in wanted:
+                top.append(path)
+        plan.deletes = sorted(top)
+    return plan
+
+
+def _excluded_or_below(rel: str, is_dir: bool, exclude: Excluder) -> bool:
+    if exclude(rel, is_dir):
+        return True
+    parts = rel.split("/")
+    return any(exclude("/".join(parts[:i]), True) for i in range(1, len(parts)))
+
+
+def _compare_file(entry: LocalEntry, there: RemoteEntry | None, compare: str) -> tuple[str, str]:
+    """(reason, itemize flags) for one local file against its remote twin."""
+    if there is None:
+        return "new", NEW_FILE
+    if there.kind != "f":
+        return "type", NEW_FILE
+    size_differs = there.size != entry.size
+    mtime_differs = there.mtime != entry.mtime_ns // 1_000_000_000
+    mode_differs = there.mode != entry.mode
+    if compare == "checksum":
+        content_differs = size_differs or there.sha256 != sha256_file(entry.path)
+    else:
+        content_differs = size_differs or mtime_differs
+    flags = ">f{}{}{}{}.......".format(
+        "c" if compare == "checksum" and content_differs and not size_differs else ".",
+        "s" if size_differs else ".",
+        "t" if mtime_differs else ".",
+        "p" if mode_differs else ".",
+    )
+    if content_differs:
+        reason = "size" if size_differs else ("checksum" if compare == "checksum" else "mtime")
+        return reason, flags
+    if mtime_differs:
+        return "mtime-only", "." + flags[1:]
+    if mode_differs:
+        return "mode", "." + flags[1:]
+    return "unchanged", ".f         "
+
+
+def plan_host(token: str, mappings: list[Mapping], listing: Listing, *, compare: str, delete: bool,
+              symlinks: str, global_exclude: tuple[str, ...], warn) -> HostPlan:
+    plans = [
+        plan_mapping(m, listing, compare=compare, delete=delete, symlinks=symlinks,
+                     global_exclude=global_exclude, warn=warn)
+        for m in mappings
+    ]
+    return HostPlan(token=token, mappings=plans, stale=list(listing.stale))

@@ -1,0 +1,232 @@
+"""Every remote command synctasks runs is built here.
+
+A host is synced through ONE remote command (one login-shell start, one round
+trip), a small POSIX ``sh`` script that:
+
+1. lists the remote state of every dest in one go (GNU ``find -printf``,
+   NUL-separated, so any byte but NUL survives), with SHA-256 sums when the
+   compare mode is checksum, then
+2. reads operations from its standard input, one per line, each line tagged
+   with this run's random token: remove, make folders, make links, receive
+   files with ``scp -t`` (the SCP sink), move the received files into place,
+   chmod, touch, quit. After each operation it prints a marker line
+   ``@@<token>@@ <op> <status>`` on standard output.
+
+``scp -t`` reads exactly up to the closing ``E`` of its stream and no further,
+so the script reads the next operation right after it. If scp fails, the
+script exits rather than reading on: whatever of the stream scp did not
+consume must never be taken for an operation. The same script started in
+``ops`` mode (no listing) finishes the work on a second channel.
+
+Paths travel as arguments (quoted with :func:`shlex.quote`) or as stdin
+lines read with ``read -r``; they are never pasted into shell code.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+
+from .constants import STAGING_PREFIX
+
+# The script is one ``sh -c`` argument. Kept free of "!" and of anything a
+# login shell could expand inside single quotes.
+SCRIPT = r"""
+t=$1; mode=$2; shift 2
+P=__STAGING__
+mark() { printf '\n@@%s@@ %s %s\n' "$t" "$1" "$2"; }
+batch() {
+  cmd=$1; pre=$2; suf=$3; rc=0; set --
+  while IFS= read -r p; do
+    [ -n "$p" ] || break
+    set -- "$@" "$pre$p"
+    if [ $# -ge 400 ]; then eval "$cmd \"\$@\" $suf" || rc=1; set --; fi
+  done
+  if [ $# -gt 0 ]; then eval "$cmd \"\$@\" $suf" || rc=1; fi
+  return $rc
+}
+if [ "$mode" != ops ]; then
+  printf 'H%s\0' "$HOME"
+  if find / -maxdepth 0 -printf '' >/dev/null 2>&1; then :; else
+    printf 'Xthe remote find has no -printf: install GNU findutils on the host\0'; exit 4
+  fi
+  for m do
+    k=${m%%:*}; d=${m#*:}
+    printf 'M%s\0' "$d"
+    if [ "$k" = d ]; then depth=; else depth='-maxdepth 0'; fi
+    if [ -e "$d" ] || [ -h "$d" ]; then
+      find -H "$d" $depth -name "$P*" -prune -printf 'S%p\0' -o -printf 'E%y %m %s %T@ %p\0%l\0'
+      if [ "$mode" = checksum ]; then
+        find -H "$d" $depth -name "$P*" -prune -o -type f -exec sha256sum -z -- {} +
+      fi
+    fi
+    if [ "$k" = f ]; then
+      p=${d%/*}; [ -n "$p" ] || p=/
+      if [ -d "$p" ]; then find "$p" -mindepth 1 -maxdepth 1 -name "$P*" -printf 'S%p\0'; fi
+    fi
+  done
+  printf 'Z%s\0' "$t"
+fi
+umask 077; bad=0
+while IFS= read -r line; do
+  case $line in "@@$t@@ "*) op=${line#"@@$t@@ "} ;; *) mark bad 3; exit 3 ;; esac
+  case $op in
+  rm) batch 'rm -rf --' '' ''; mark rm $? ;;
+  mkdir) batch 'mkdir -p --' '' ''; rc=$?; [ $rc = 0 ] || bad=1; mark mkdir $rc ;;
+  mkparent) umask 022; batch 'mkdir -p --' '' ''; rc=$?; umask 077; [ $rc = 0 ] || bad=1; mark mkparent $rc ;;
+  ln) IFS= read -r target; IFS= read -r path; ln -s -- "$target" "$path"; mark ln $? ;;
+  scp) if [ $bad = 1 ]; then mark scp 99; exit 99; fi
+    umask 0; scp -r -t -- /; rc=$?; umask 077; mark scp $rc; [ $rc = 0 ] || exit $rc ;;
+  mv) IFS= read -r dst; batch 'mv -f --' "$dst/$P$t/" '"$dst/"'; mark mv $? ;;
+  chmod) IFS= read -r bits
+    case $bits in *[!0-7]*|'') mark bad 3; exit 3 ;; esac
+    batch "chmod $bits --" '' ''; mark chmod $? ;;
+  touch) IFS= read -r stamp
+    case $stamp in *[!0-9.]*|'') mark bad 3; exit 3 ;; esac
+    TZ=UTC0; export TZ; batch "touch -m -t $stamp --" '' ''; rc=$?; unset TZ; mark touch $rc ;;
+  q) mark q 0; exit 0 ;;
+  *) mark bad 3; exit 3 ;;
+  esac
+done
+""".replace("__STAGING__", STAGING_PREFIX)
+
+
+def staging_name(token: str) -> str:
+    return STAGING_PREFIX + token
+
+
+def command(token: str, mode: str, dests: list[tuple[bool, str]]) -> str:
+    """The one remote command of a host.
+
+    ``mode`` is ``size-mtime`` or ``checksum`` (list, then take ops) or
+    ``ops`` (no listing); ``dests`` holds ``(is_dir, dest)`` per mapping.
+    """
+    args = [token, mode] + [("d:" if is_dir else "f:") + dest for is_dir, dest in dests]
+    return "exec sh -c " + shlex.quote(SCRIPT) + " sh " + " ".join(shlex.quote(a) for a in args)
+
+
+# --------------------------------------------------------------------------
+# The listing
+# --------------------------------------------------------------------------
+@dataclass
+class RemoteEntry:
+    kind: str  #: find's %y: f, d, l, p, s, c, b
+    mode: int
+    size: int
+    mtime: int  #: whole seconds
+    link: str = ""
+    sha256: str | None = None
+
+
+@dataclass
+class Listing:
+    home: str = ""
+    #: dest -> {absolute path -> entry}
+    entries: dict[str, dict[str, RemoteEntry]] = field(default_factory=dict)
+    #: leftovers of cut runs (staging folders), to remove
+    stale: list[str] = field(default_factory=list)
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def parse_listing(data: bytes) -> Listing:
+    """Parse the NUL-separated listing (everything before the ``Z`` record)."""
+    listing = Listing()
+    records = data.split(b"\0")
+    current: dict[str, RemoteEntry] | None = None
+    i = 0
+    while i < len(records):
+        record = records[i]
+        i += 1
+        if not record:
+            continue
+        tag = record[:1]
+        if tag == b"H":
+            listing.home = _text(record[1:])
+        elif tag == b"X":
+            from .errors import RemoteError
+
+            raise RemoteError(_text(record[1:]))
+        elif tag == b"M":
+            current = listing.entries.setdefault(_text(record[1:]), {})
+        elif tag == b"S":
+            listing.stale.append(_text(record[1:]))
+        elif tag == b"E":
+            link = records[i] if i < len(records) else b""
+            i += 1
+            kind, mode, size, mtime, path = record[1:].split(b" ", 4)
+            current[_text(path)] = RemoteEntry(
+                kind=kind.decode(),
+                mode=int(mode, 8),
+                size=int(size),
+                mtime=int(mtime.split(b".")[0]),
+                link=_text(link),
+            )
+        elif len(record) > 66 and record[64:66] == b"  ":
+            path = _text(record[66:])
+            entry = current.get(path) if current is not None else None
+            if entry is not None:
+                entry.sha256 = record[:64].decode()
+        elif tag == b"Z":
+            break  # the end record (Z<token>)
+    return listing
+
+
+# --------------------------------------------------------------------------
+# Operations sent to the script's stdin
+# --------------------------------------------------------------------------
+class Ops:
+    """Builds the operation stream; every op line carries the run token."""
+
+    def __init__(self, token: str):
+        self.token = token
+        self.parts: list[bytes] = []
+        self.names: list[str] = []  #: op names, in order, to match the markers
+
+    def _op(self, name: str, *lines: str) -> None:
+        self.names.append(name)
+        self.parts.append(f"@@{self.token}@@ {name}\n".encode())
+        for line in lines:
+            self.parts.append(line.encode("utf-8", "surrogateescape") + b"\n")
+
+    def _batch(self, name: str, head: list[str], paths: list[str]) -> None:
+        if paths:
+            self._op(name, *head, *paths, "")
+
+    def rm(self, paths: list[str]) -> None:
+        self._batch("rm", [], paths)
+
+    def mkdir(self, paths: list[str]) -> None:
+        self._batch("mkdir", [], paths)
+
+    def mkparent(self, paths: list[str]) -> None:
+        self._batch("mkparent", [], paths)
+
+    def ln(self, target: str, path: str) -> None:
+        self._op("ln", target, path)
+
+    def scp(self) -> None:
+        self._op("scp")
+
+    def mv(self, folder: str, names: list[str]) -> None:
+        self._batch("mv", [folder], names)
+
+    def chmod(self, mode: int, paths: list[str]) -> None:
+        self._batch("chmod", [f"{mode:04o}"], paths)
+
+    def touch(self, stamp: str, paths: list[str]) -> None:
+        self._batch("touch", [stamp], paths)
+
+    def quit(self) -> None:
+        self._op("q")
+
+    def take(self) -> bytes:
+        data = b"".join(self.parts)
+        self.parts = []
+        return data
+
+
+def marker(token: str) -> bytes:
+    return f"\n@@{token}@@ ".encode()

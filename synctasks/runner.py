@@ -1,0 +1,190 @@
+"""The Python API: sync one host given a Connection, or the whole inventory.
+
+    from synctasks import sync_host, sync_inventory
+
+    result = sync_host(c, [{"src": "conf/nginx.conf", "dest": "/etc/nginx/nginx.conf"}])
+    if result.changed:
+        c.sudo("systemctl reload nginx")
+
+    group = sync_inventory("config.ini")          # every host, in parallel
+    for host, r in group.failed.items(): ...
+
+Neither depends on the task layer (fabfile.py, the console script).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any, Iterable
+
+from fabric import Connection
+
+from . import constants as K
+from .connection import apply_host_key_policy, build_connection, open_connection
+from .errors import InputError, SyncFailed, SyncTasksError
+from .inputs import HostEntry, Inventory, Mapping, Settings, load_inventory, resolve_mapping
+from .logger import get_logger
+from .results import GroupResult, HostResult
+from .transfer import SyncOptions, sync_connection
+
+
+def options_from(settings: Settings, **flags: Any) -> SyncOptions:
+    """SyncOptions from config.ini, with flags (None = not given) on top."""
+    compare = "checksum" if flags.get("checksum") else settings.compare
+    delete = flags.get("delete")
+    return SyncOptions(
+        compare=compare,
+        delete=settings.delete if delete is None else bool(delete),
+        dry_run=bool(flags.get("dry_run")),
+        protocol=settings.protocol,
+        symlinks=settings.symlinks,
+        exclude=settings.exclude,
+        force=bool(flags.get("force")),
+        progress=flags.get("progress"),
+    )
+
+
+def _as_mappings(mappings: Iterable[Mapping | dict], base_dir: Path) -> list[Mapping]:
+    resolved: list[Mapping] = []
+    warnings: list[str] = []
+    for number, item in enumerate(mappings, 1):
+        if isinstance(item, Mapping):
+            resolved.append(item)
+        elif isinstance(item, dict):
+            resolved.append(resolve_mapping(item, f"mapping {number}", base_dir, warnings))
+        else:
+            raise InputError(f"mapping {number}: expected a dict with src and dest, got {type(item).__name__}")
+    log = get_logger()
+    for warning in warnings:
+        log.warning("%s", warning)
+    return resolved
+
+
+def sync_host(c: Connection, mappings: Iterable[Mapping | dict], *, settings: Settings | None = None,
+              options: SyncOptions | None = None, base_dir: str | os.PathLike | None = None,
+              **flags: Any) -> HostResult:
+    """Sync ``mappings`` (``{"src", "dest"}`` dicts or Mapping records) to the
+    host of Fabric Connection ``c`` and return its :class:`HostResult`.
+
+    An unopened ``c`` is opened with the host-key policy of ``settings``
+    (strict against ~/.ssh/known_hosts when no settings are given). Relative
+    ``src`` paths resolve against ``base_dir`` (default: the current folder).
+    Errors reaching the host raise :class:`~synctasks.errors.SyncTasksError`
+    subclasses; per-file failures are in the result.
+    """
+    label = c.original_host
+    resolved = _as_mappings(mappings, Path(base_dir or os.getcwd()))
+    if options is None:
+        options = options_from(settings, **flags) if settings else SyncOptions(
+            compare="checksum" if flags.get("checksum") else "size-mtime",
+            delete=bool(flags.get("delete")), dry_run=bool(flags.get("dry_run")), force=bool(flags.get("force")))
+    if not c.is_connected:
+        if settings is None:
+            apply_host_key_policy(c, "strict", None, label)
+        else:
+            apply_host_key_policy(c, settings.host_key_policy, settings.known_hosts, label)
+        open_connection(c, label, settings.retries if settings else 0)
+    return sync_connection(c, resolved, options, label)
+
+
+def select_hosts(hosts: list[HostEntry], only: str | Iterable[str] | None) -> list[HostEntry]:
+    """Hosts named by ``only`` (names, IPs or shell-style patterns)."""
+    if not only:
+        return hosts
+    patterns = [p.strip() for p in (only.split(",") if isinstance(only, str) else only) if p.strip()]
+    chosen = [h for h in hosts if any(fnmatch(h.name, p) for p in patterns)]
+    unknown = [p for p in patterns if not any(fnmatch(h.name, p) for h in hosts)]
+    if unknown:
+        raise InputError(f"--only {', '.join(unknown)}: no such host in connection_info.json: "
+                         f"pick from {', '.join(h.name for h in hosts)}")
+    return chosen
+
+
+def _sync_entry(host: HostEntry, mappings: list[Mapping], settings: Settings, options: SyncOptions) -> HostResult:
+    log = get_logger(host.name)
+    started = time.monotonic()
+    c = build_connection(host, settings)
+    try:
+        open_connection(c, host.name, settings.retries)
+        result = sync_connection(c, mappings, options, host.name)
+    except SyncTasksError as exc:
+        message = str(exc)
+        if exc.host and message.startswith(f"{exc.host}: "):
+            message = message[len(exc.host) + 2:]
+        log.error("%s", message)
+        result = HostResult(host=host.name, error=message, dry_run=options.dry_run)
+    except Exception as exc:  # a bug or an unforeseen library error: this host only
+        log.exception("unexpected error")
+        result = HostResult(host=host.name, error=f"unexpected error: {exc!r}", dry_run=options.dry_run)
+    finally:
+        try:
+            c.close()
+        except Exception:
+            pass
+    result.seconds = time.monotonic() - started
+    verb = "would change" if options.dry_run else "changed"
+    if result.ok:
+        log.info("done: %d sent, %d skipped, %d deleted, %d bytes in %.2fs; %s: %s", result.sent, result.skipped,
+                 result.deleted, result.bytes, result.seconds, verb, "yes" if result.changed else "no")
+    elif result.error is None:
+        log.error("finished with %d failed file(s): %d sent, %d skipped in %.2fs", result.failed, result.sent,
+                  result.skipped, result.seconds)
+    return result
+
+
+def sync_inventory(config_path: str | os.PathLike | None = None, *, inventory: Inventory | None = None,
+                   only: str | Iterable[str] | None = None, raise_on_failure: bool = False,
+                   on_result=None, **flags: Any) -> GroupResult:
+    """Sync every host of the inventory (at most ``connections`` at once).
+
+    One host failing never stops the others. Returns a GroupResult; with
+    ``raise_on_failure`` a run with failed hosts raises SyncFailed instead.
+    ``on_result(HostResult)`` is called as each host finishes.
+    """
+    inventory = inventory or load_inventory(config_path)
+    settings = inventory.settings
+    options = options_from(settings, **flags)
+    hosts = [h for h in select_hosts(inventory.hosts, only) if h.name in inventory.mappings]
+    group = GroupResult()
+    log = get_logger()
+    log.info("syncing %d host(s), %d at once%s", len(hosts), settings.connections,
+             " (dry run)" if options.dry_run else "")
+    with ThreadPoolExecutor(max_workers=max(1, min(settings.connections, len(hosts) or 1))) as pool:
+        futures = [pool.submit(_sync_entry, h, inventory.mappings[h.name], settings, options) for h in hosts]
+        for host, future in zip(hosts, futures):
+            result = future.result()
+            group[host.name] = result
+            if on_result:
+                on_result(result)
+    if raise_on_failure and group.failed:
+        raise SyncFailed(group)
+    return group
+
+
+def check_hosts(inventory: Inventory, only=None) -> dict[str, str | None]:
+    """Connect to every host (host key and login checked); host -> error or None."""
+    settings = inventory.settings
+    hosts = select_hosts(inventory.hosts, only)
+
+    def probe(host: HostEntry) -> str | None:
+        c = build_connection(host, settings)
+        try:
+            open_connection(c, host.name, settings.retries)
+            c.run("true", hide=True, in_stream=False)
+            return None
+        except SyncTasksError as exc:
+            return str(exc).removeprefix(f"{host.name}: ")
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            c.close()
+
+    with ThreadPoolExecutor(max_workers=max(1, min(settings.connections, len(hosts) or 1))) as pool:
+        return dict(zip((h.name for h in hosts), pool.map(probe, hosts)))
+
+
+__all__ = ["sync_host", "sync_inventory", "check_hosts", "select_hosts", "options_from", "K"]

@@ -1,0 +1,528 @@
+"""Sync one host over an open Fabric Connection: list, plan, send, commit.
+
+The whole exchange is one remote command (see :mod:`synctasks.remote`):
+
+1. the script lists every dest; we plan against that listing;
+2. we send the preparing operations (remove leftovers, make folders and the
+   per-folder staging folders) and then one SCP stream that lands every file
+   in the staging folder of its destination folder, without waiting for any
+   acknowledgement (they are read as they come; on a long link a wait per
+   file would cost a round trip per file);
+3. once the SCP sink has acknowledged every file, we send the committing
+   operations: a ``mv`` per folder renames the received files over their
+   targets (rename(2): a reader sees the old file or the new one, never a
+   part), then chmod, touch, deletions, and removal of the staging folders.
+
+A file whose transfer failed is never moved into place; its staging copy is
+removed with the staging folder. If the SCP stream fails, the script exits
+and the commit runs on a second channel.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import secrets
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from itertools import groupby
+
+import paramiko
+
+from .errors import RemoteError
+from .inputs import Mapping
+from .logger import get_logger
+from .plan import HostPlan, Send, plan_host
+from .remote import Listing, Ops, command, marker, parse_listing, staging_name
+from .results import HostResult
+
+CHUNK = 1 << 20  #: bytes read from a local file at a time
+FLUSH = 1 << 18  #: small files are batched into writes of about this size
+STALL_TIMEOUT = 60.0  #: seconds without any answer before a channel is given up
+
+
+@dataclass
+class SyncOptions:
+    """How to sync (the flags of ``fab sync``), independent of where."""
+
+    compare: str = "size-mtime"
+    delete: bool = False
+    dry_run: bool = False
+    protocol: str = "scp"
+    symlinks: str = "copy"
+    exclude: tuple[str, ...] = ()
+    force: bool = False  #: allow --delete on shallow dests
+    progress: object = None  #: callable(host, files_done, bytes_done) or None
+
+
+class Stream:
+    """Buffered reading of one exec channel's stdout (stderr kept aside)."""
+
+    def __init__(self, chan: paramiko.Channel, label: str):
+        self.chan = chan
+        self.label = label
+        self.buf = bytearray()
+        self.err = bytearray()
+        self.eof = False
+        chan.settimeout(STALL_TIMEOUT)
+
+    def _take_stderr(self) -> None:
+        while self.chan.recv_stderr_ready():
+            self.err += self.chan.recv_stderr(1 << 16)
+
+    def pump(self, block: bool) -> bool:
+        """Receive what is there (or wait for something); False at EOF."""
+        self._take_stderr()
+        if self.eof:
+            return False
+        if not block and not self.chan.recv_ready():
+            return True
+        try:
+            data = self.chan.recv(1 << 16)
+        except socket.timeout:
+            raise RemoteError(f"no answer for {STALL_TIMEOUT:.0f}s: connection stalled", host=self.label) from None
+        if not data:
+            self.eof = True
+            self._take_stderr()
+            return False
+        self.buf += data
+        return True
+
+    def read_until(self, needle: bytes) -> bytes:
+        """Everything up to and including ``needle``."""
+        start = 0
+        while True:
+            found = self.buf.find(needle, start)
+            if found >= 0:
+                end = found + len(needle)
+                data = bytes(self.buf[:end])
+                del self.buf[:end]
+                return data
+            start = max(0, len(self.buf) - len(needle) + 1)
+            if not self.pump(block=True):
+                raise RemoteError(self.failure("the remote side stopped answering"), host=self.label)
+
+    def stderr_text(self) -> str:
+        self._take_stderr()
+        return self.err.decode("utf-8", "replace").strip()
+
+    def failure(self, what: str) -> str:
+        detail = self.stderr_text()
+        status = self.chan.recv_exit_status() if self.chan.exit_status_ready() else None
+        text = what
+        if status is not None:
+            text += f" (exit status {status})"
+        if detail:
+            text += ": " + detail.splitlines()[-1]
+        return text
+
+    def send(self, data: bytes) -> bool:
+        """Send; False if the remote side has gone away."""
+        try:
+            self.chan.sendall(data)
+            return True
+        except (OSError, EOFError, paramiko.SSHException):
+            return False
+
+
+class Markers:
+    """Reads the ``@@token@@ op status`` lines the script prints."""
+
+    def __init__(self, stream: Stream, token: str):
+        self.stream = stream
+        self.prefix = marker(token)
+
+    def next(self) -> tuple[bytes, str, int]:
+        """(bytes before the marker, op, status)."""
+        before = self.stream.read_until(self.prefix)[: -len(self.prefix)]
+        line = self.stream.read_until(b"\n")[:-1].decode()
+        op, _, status = line.partition(" ")
+        return before, op, int(status)
+
+
+# --------------------------------------------------------------------------
+# The SCP stream
+# --------------------------------------------------------------------------
+@dataclass
+class ScpStream:
+    """Builds the SCP source stream and tracks the sink's answers."""
+
+    token: str
+    sends: list[Send]
+    expected: deque = field(default_factory=deque)
+    failed: dict[int, str] = field(default_factory=dict)  #: id(send) -> reason
+    acked: set[int] = field(default_factory=set)  #: id(send) of files the sink wrote
+    broken: str | None = None  #: the stream lost sync; nothing after is trusted
+
+    def feed(self, data: bytes) -> bytes:
+        """Consume acknowledgements; return what follows the last expected one."""
+        i = 0
+        while i < len(data) and self.expected:
+            byte = data[i]
+            if byte == 0:
+                kind, send = self.expected.popleft()
+                if kind == "data":
+                    self.acked.add(id(send))
+                i += 1
+                continue
+            if byte not in (1, 2):
+                self.broken = self.broken or "the SCP sink stopped in mid-stream"
+                return data[i:]
+            end = data.find(b"\n", i)
+            if end < 0:
+                return data[i:]  # incomplete message: wait for more
+            message = data[i + 1:end].decode("utf-8", "replace").strip()
+            kind, send = self.expected.popleft()
+            if send is not None:
+                self.failed.setdefault(id(send), message)
+            if byte == 2 or kind in ("C", "nav"):
+                # The sink skipped a record it could not open: what we sent
+                # after it no longer lines up with what it reads.
+                self.broken = self.broken or message
+            i = end + 1
+        return data[i:]
+
+
+def _navigate(current: list[bytes], target: list[bytes], out: bytearray, expected: deque) -> None:
+    common = 0
+    while common < min(len(current), len(target)) and current[common] == target[common]:
+        common += 1
+    while len(current) > common:
+        current.pop()
+        out += b"E\n"
+        expected.append(("nav", None))
+    for name in target[common:]:
+        out += b"D0700 0 " + name + b"\n"
+        expected.append(("nav", None))
+        current.append(name)
+
+
+def _components(path: str) -> list[bytes]:
+    return [p.encode("utf-8", "surrogateescape") for p in path.split("/") if p]
+
+
+def send_scp(stream: Stream, scp: ScpStream, progress=None, label: str = "") -> None:
+    """Write the whole SCP stream, reading acknowledgements as they come."""
+    out = bytearray()
+    expected = scp.expected
+    expected.append(("ready", None))
+    current: list[bytes] = []
+    staging = staging_name(scp.token).encode()
+    done_files = done_bytes = 0
+    leftover = b""
+
+    def drain() -> bool:
+        nonlocal leftover
+        while stream.pump(block=False) and stream.buf:
+            data = leftover + bytes(stream.buf)
+            stream.buf.clear()
+            leftover = scp.feed(data)
+            if scp.broken:
+                return False
+            if not scp.expected and leftover:
+                stream.buf[:0] = leftover  # the marker after the stream
+                leftover = b""
+                return True
+        return not stream.eof
+
+    def flush() -> bool:
+        if out:
+            if not stream.send(bytes(out)):
+                return False
+            out.clear()
+        return drain()
+
+    ordered = sorted(scp.sends, key=lambda s: _components(s.folder))
+    for folder, group in groupby(ordered, key=lambda s: s.folder):
+        _navigate(current, _components(folder) + [staging], out, expected)
+        for send in group:
+            entry = send.local
+            try:
+                handle = open(entry.path, "rb")
+            except OSError as exc:
+                scp.failed[id(send)] = f"cannot read {entry.path}: {exc.strerror}"
+                continue
+            with handle:
+                size = entry.size
+                seconds, nanos = divmod(entry.mtime_ns, 1_000_000_000)
+                a_seconds, a_nanos = divmod(entry.atime_ns, 1_000_000_000)
+                out += b"T%d %d %d %d\n" % (seconds, nanos // 1000, a_seconds, a_nanos // 1000)
+                out += b"C%04o %d " % (entry.mode & 0o7777, size) + send.name.encode("utf-8", "surrogateescape") + b"\n"
+                expected.extend((("T", send), ("C", send)))
+                remaining = size
+                while remaining:
+                    chunk = handle.read(min(CHUNK, remaining))
+                    if not chunk:
+                        # The file shrank while we read it: keep the stream in
+                        # step with the size we announced, and never commit it.
+                        scp.failed[id(send)] = "the file changed while it was sent: run the sync again"
+                        chunk = bytes(min(CHUNK, remaining))
+                    out += chunk
+                    remaining -= len(chunk)
+                    if len(out) >= FLUSH and not flush():
+                        return
+                out += b"\0"
+                expected.append(("data", send))
+            done_files += 1
+            done_bytes += size
+            if progress:
+                progress(label, done_files, done_bytes)
+            if len(out) >= FLUSH and not flush():
+                return
+    _navigate(current, [], out, expected)
+    out += b"E\n"
+    expected.append(("nav", None))
+    if not flush():
+        return
+    while scp.expected and not scp.broken:
+        if not stream.pump(block=True):
+            break
+        drain()
+    if leftover:
+        stream.buf[:0] = leftover
+
+
+# --------------------------------------------------------------------------
+# One host
+# --------------------------------------------------------------------------
+def _open_script(c, token: str, mode: str, mappings: list[Mapping], label: str) -> Stream:
+    chan = c.transport.open_session()
+    chan.exec_command(command(token, mode, [(m.is_dir, m.dest) for m in mappings]))
+    return Stream(chan, label)
+
+
+def read_listing(stream: Stream, token: str) -> Listing:
+    data = stream.read_until(b"Z" + token.encode() + b"\0")
+    return parse_listing(data)
+
+
+def sync_host_plan(c, label: str, mappings: list[Mapping], options: SyncOptions, result: HostResult) -> None:
+    """List, plan and (unless a dry run) apply, filling ``result``."""
+    log = get_logger(label)
+    token = secrets.token_hex(8)
+    mode = "checksum" if options.compare == "checksum" else "list"
+    stream = _open_script(c, token, mode, mappings, label)
+    listing = read_listing(stream, token)
+    log.debug("listed %d remote entries in %d dests", sum(len(e) for e in listing.entries.values()),
+              len(listing.entries))
+    plan = plan_host(token, mappings, listing, compare=options.compare, delete=options.delete,
+                     symlinks=options.symlinks, global_exclude=options.exclude, warn=log.warning)
+    result.mappings = [p.result for p in plan.mappings]
+    if options.delete:
+        _check_delete_safety(plan, listing, options, label)
+    if options.dry_run or not plan.has_work:
+        ops = Ops(token)
+        ops.quit()
+        stream.send(ops.take())
+        stream.chan.close()
+        return
+    _apply(c, stream, plan, mappings, options, label)
+
+
+def _check_delete_safety(plan: HostPlan, listing: Listing, options: SyncOptions, label: str) -> None:
+    from .errors import UnsafeDestError
+
+    if options.force:
+        return
+    home = listing.home.rstrip("/") or "/"
+    for mapping_plan in plan.mappings:
+        dest = mapping_plan.mapping.dest
+        depth = len([p for p in dest.split("/") if p])
+        if mapping_plan.mapping.is_dir and (dest == "/" or dest == home or depth < 2):
+            raise UnsafeDestError(
+                f"refusing --delete on dest {dest} ({mapping_plan.mapping.source}): it is "
+                f"{'the remote home folder' if dest == home else 'too close to /'}; "
+                "pick a deeper dest or pass --force",
+                host=label,
+            )
+
+
+def _apply(c, stream: Stream, plan: HostPlan, mappings: list[Mapping], options: SyncOptions, label: str) -> None:
+    log = get_logger(label)
+    token = plan.token
+    staging = staging_name(token)
+    sends = [s for p in plan.mappings for s in p.sends]
+    links = [s for p in plan.mappings for s in p.links]
+    failed: dict[int, str] = {}
+
+    ops = Ops(token)
+    if plan.stale:
+        log.info("removing %d temporary folder(s) left by an earlier cut run", len(plan.stale))
+    ops.rm(plan.stale + [r for p in plan.mappings for r in p.removes])
+    ops.mkparent(sorted({d for p in plan.mappings for d in p.mkparent}))
+    ops.mkdir([d for p in plan.mappings for d in p.mkdirs] + plan.staging_dirs())
+    for link in links:
+        ops.ln(link.local.link, posixpath.join(link.folder, staging, link.name))
+    use_scp = bool(sends) and options.protocol == "scp"
+    if use_scp:
+        ops.scp()
+    expected_ops = list(ops.names)
+    stream.send(ops.take())
+    markers = Markers(stream, token)
+
+    scp_status = 0
+    scp = ScpStream(token, sends)
+    link_iter = iter(links)
+    prep_failed = False
+    for name in expected_ops:
+        if name == "scp":
+            if prep_failed:
+                # The script refuses to run scp after a failed mkdir, exits,
+                # and the rest is cleaned up on a second channel.
+                scp_status = 99
+                break
+            send_scp(stream, scp, options.progress, label)
+            if scp.broken:
+                # scp may still wait for bytes that will never come.
+                scp_status = 255
+                break
+        try:
+            before, op, status = markers.next()
+        except RemoteError as exc:
+            scp_status = scp_status or 255
+            log.error("%s", exc)
+            break
+        if op == "scp":
+            scp_status = status
+            if status:
+                log.error("scp exited with status %d: %s", status, stream.stderr_text().splitlines()[-1:])
+        elif op == "ln":
+            link = next(link_iter)
+            if status:
+                failed[id(link)] = f"cannot create the link: {stream.stderr_text()}"
+        elif status and op in ("mkdir", "mkparent"):
+            prep_failed = True
+            log.error("cannot create remote folders: %s", stream.stderr_text())
+        elif status:
+            log.error("remote %s failed: %s", op, stream.stderr_text())
+
+    if sends and options.protocol == "sftp" and not prep_failed:
+        _send_sftp(c, plan, sends, failed, options, label)
+    failed.update(scp.failed)
+    if use_scp:
+        reason = scp.broken or stream.failure(f"the transfer stopped (scp status {scp_status})")
+        for send in sends:
+            if id(send) not in scp.acked:
+                failed.setdefault(id(send), reason)
+    if prep_failed:
+        reason = "could not create the remote folders: " + (stream.stderr_text() or "mkdir failed")
+        for send in sends + links:
+            failed.setdefault(id(send), reason)
+
+    if scp_status or prep_failed:
+        stream.chan.close()
+        stream = _open_script(c, token, "ops", mappings, label)
+        markers = Markers(stream, token)
+    _commit(stream, markers, plan, sends + links, failed, label)
+
+
+def _send_sftp(c, plan: HostPlan, sends: list[Send], failed: dict[int, str], options: SyncOptions,
+               label: str) -> None:
+    """The SFTP alternative to the SCP stream: same staging folders, same commit."""
+    try:
+        sftp = c.transport.open_sftp_client()
+    except (paramiko.SSHException, EOFError) as exc:
+        for send in sends:
+            failed[id(send)] = f"the server offers no SFTP ({exc}): set protocol = scp"
+        return
+    staging = staging_name(plan.token)
+    done_files = done_bytes = 0
+    with sftp:
+        for send in sends:
+            path = posixpath.join(send.folder, staging, send.name)
+            entry = send.local
+            try:
+                sftp.put(entry.path, path, confirm=True)
+                sftp.chmod(path, entry.mode & 0o7777)
+                sftp.utime(path, (entry.atime_ns / 1e9, entry.mtime_ns / 1e9))
+            except (OSError, paramiko.SSHException) as exc:
+                failed[id(send)] = f"sftp: {exc}"
+            done_files += 1
+            done_bytes += entry.size
+            if options.progress:
+                options.progress(label, done_files, done_bytes)
+
+
+def _commit(stream: Stream, markers: Markers, plan: HostPlan, moved: list[Send], failed: dict[int, str],
+            label: str) -> None:
+    log = get_logger(label)
+    ops = Ops(plan.token)
+    mv_groups: list[tuple[str, list[Send]]] = []
+    ordered = sorted((s for s in moved if id(s) not in failed), key=lambda s: s.folder)
+    for folder, group in groupby(ordered, key=lambda s: s.folder):
+        group = list(group)
+        mv_groups.append((folder, group))
+        ops.mv(folder, [s.name for s in group])
+    by_mode: dict[int, list[str]] = {}
+    for mapping_plan in plan.mappings:
+        for mode, path in mapping_plan.chmods:
+            by_mode.setdefault(mode, []).append(path)
+    # Deepest first, so a folder made read-only is chmodded after its contents.
+    for mode, paths in sorted(by_mode.items()):
+        ops.chmod(mode, sorted(paths, key=lambda p: -p.count("/")))
+    by_stamp: dict[str, list[str]] = {}
+    for mapping_plan in plan.mappings:
+        for stamp, path in mapping_plan.touches:
+            by_stamp.setdefault(stamp, []).append(path)
+    for stamp, paths in sorted(by_stamp.items()):
+        ops.touch(stamp, paths)
+    ops.rm([d for p in plan.mappings for d in p.deletes])
+    ops.rm(plan.staging_dirs())
+    ops.quit()
+    names = list(ops.names)
+    if not stream.send(ops.take()):
+        raise RemoteError(stream.failure("the connection closed before the commit"), host=label)
+
+    mv_iter = iter(mv_groups)
+    problems: list[str] = []
+    for name in names:
+        _, op, status = markers.next()
+        if op == "mv":
+            folder, group = next(mv_iter)
+            if status:
+                detail = stream.stderr_text()
+                for send in group:
+                    lines = [l for l in detail.splitlines() if send.name in l]
+                    if lines:
+                        failed[id(send)] = lines[-1]
+                if not any(id(s) in failed for s in group):
+                    for send in group:
+                        failed[id(send)] = f"cannot move into {folder}: {detail}"
+        elif status and op != "q":
+            problems.append(f"{op} failed: {stream.stderr_text() or 'status ' + str(status)}")
+
+    for send in moved:
+        if id(send) in failed:
+            send.result.action = "fail"
+            send.result.reason = failed[id(send)]
+            log.error("%s: %s", send.result.path, send.result.reason)
+    for problem in problems:
+        log.error("%s", problem)
+        _mark_other_failures(plan, problem)
+    stream.chan.close()
+
+
+def _mark_other_failures(plan: HostPlan, problem: str) -> None:
+    """A failed chmod, touch or delete: mark the records of that kind."""
+    op = problem.split(" ", 1)[0]
+    kinds = {"chmod": ("chmod", "mkdir"), "touch": ("touch",), "rm": ("delete",)}.get(op, ())
+    for mapping_plan in plan.mappings:
+        for record in mapping_plan.result.files:
+            if record.action in kinds:
+                record.action, record.reason = "fail", problem
+
+
+def sync_connection(c, mappings: list[Mapping], options: SyncOptions | None = None, label: str | None = None
+                    ) -> HostResult:
+    """Sync ``mappings`` to the host of an OPEN connection ``c``."""
+    options = options or SyncOptions()
+    label = label or c.original_host
+    result = HostResult(host=label, dry_run=options.dry_run)
+    started = time.monotonic()
+    try:
+        sync_host_plan(c, label, mappings, options, result)
+    finally:
+        result.seconds = time.monotonic() - started
+    return result
