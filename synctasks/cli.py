@@ -29,6 +29,11 @@ class _ConsoleFormatter(logging.Formatter):
         return f"{record.levelname.lower()}: {prefix}{record.getMessage()}"
 
 
+def printable(text: str) -> str:
+    """One line, whatever the path holds: control characters escaped."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 def _human_bytes(count: int) -> str:
     size = float(count)
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -44,8 +49,11 @@ def _load(config: str | None, overrides: dict | None = None) -> Inventory:
     console.setFormatter(_ConsoleFormatter())
     console.setLevel(logging.WARNING)
     setup_logging(settings, console)
-    inventory = load_inventory(settings=settings)
     log = get_logger()
+    log.debug("config file %s", settings.config_path)
+    for origin in settings.origins:
+        log.debug("config %s", origin)
+    inventory = load_inventory(settings=settings)
     for warning in inventory.warnings:
         log.warning("%s", warning)
     return inventory
@@ -58,7 +66,7 @@ def _print_items(result: HostResult, verbose: bool, out) -> None:
                 continue
             flags = record.flags or "fail       "
             note = f"  ({record.reason})" if record.action == "fail" else ""
-            print(f"{result.host}: {flags} {record.path}{note}", file=out)
+            print(printable(f"{result.host}: {flags} {record.path}{note}"), file=out)
 
 
 def print_summary(group: GroupResult, out, dry_run: bool = False) -> None:
@@ -72,7 +80,7 @@ def print_summary(group: GroupResult, out, dry_run: bool = False) -> None:
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip(), file=out)
     for host, r in group.failed.items():
-        print(f"{host}: {r.first_error}", file=out)
+        print(printable(f"{host}: {r.first_error}"), file=out)
 
 
 def run_sync(config: str | None = None, *, only=None, dry_run: bool = False, delete: bool | None = None,
@@ -97,7 +105,7 @@ def run_sync(config: str | None = None, *, only=None, dry_run: bool = False, del
         if dry_run or verbose:
             _print_items(result, verbose, out)
         if not quiet:
-            state = "ok" if result.ok else "FAILED: " + (result.first_error or "")
+            state = "ok" if result.ok else "FAILED: " + printable(result.first_error or "")
             print(f"{result.host}: {state} ({result.sent} sent, {result.skipped} skipped, {result.deleted} deleted,"
                   f" {_human_bytes(result.bytes)}, {result.seconds:.2f}s)", file=out)
 

@@ -171,7 +171,7 @@ def _open_once(c: Connection, label: str) -> None:
     except paramiko.BadHostKeyException as exc:
         _close_quietly(c)
         path = _known_hosts_path(c)
-        lookup = exc.hostname
+        lookup = c.host if c.port == 22 else f"[{c.host}]:{c.port}"
         line = known_hosts_line(path, lookup) if path else None
         where = f"{path} line {line}" if line else str(path)
         raise HostKeyError(

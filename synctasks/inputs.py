@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import configparser
 import json
-import logging
 import os
 import posixpath
 import stat
@@ -24,7 +23,6 @@ from typing import Any, Mapping as TypingMapping
 from . import constants as K
 from .errors import InputError
 
-log = logging.getLogger("synctasks.inputs")
 
 
 # --------------------------------------------------------------------------
@@ -52,6 +50,8 @@ class Settings:
     backups: int
     host_key_policy: str
     known_hosts: Path
+    #: "section.key = value (from layer)" per key, logged once logging is up.
+    origins: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def base_dir(self) -> Path:
@@ -188,9 +188,7 @@ def load_settings(
         section, key = dotted.split(".", 1)
         raw[section][key] = str(value)
         layer[dotted] = "command line"
-    for dotted, origin in sorted(layer.items()):
-        section, key = dotted.split(".", 1)
-        log.debug("config %s = %r (from %s)", dotted, raw[section][key], origin)
+    origins = tuple(f"{d} = {raw[d.split('.')[0]][d.split('.')[1]]!r} (from {o})" for d, o in sorted(layer.items()))
 
     def where(section: str, key: str) -> str:
         origin = layer[f"{section}.{key}"]
@@ -225,6 +223,7 @@ def load_settings(
         backups=_int(g["backups"], where("logging", "backups"), 0),
         host_key_policy=_choice(sec["host_key_policy"], where("security", "host_key_policy"), K.HOST_KEY_POLICIES),
         known_hosts=local_path("security", "known_hosts"),
+        origins=origins,
     )
 
 

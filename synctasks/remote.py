@@ -10,7 +10,9 @@ trip), a small POSIX ``sh`` script that:
    with this run's random token: remove, make folders, make links, receive
    files with ``scp -t`` (the SCP sink), move the received files into place,
    chmod, touch, quit. After each operation it prints a marker line
-   ``@@<token>@@ <op> <status>`` on standard output.
+   ``@@<token>@@ <op> <status>`` on standard output, preceded by the
+   operation's error messages (its stderr goes to stdout, so an error
+   arrives with the operation it belongs to).
 
 ``scp -t`` reads exactly up to the closing ``E`` of its stream and no further,
 so the script reads the next operation right after it. If scp fails, the
@@ -71,19 +73,19 @@ umask 077; bad=0
 while IFS= read -r line; do
   case $line in "@@$t@@ "*) op=${line#"@@$t@@ "} ;; *) mark bad 3; exit 3 ;; esac
   case $op in
-  rm) batch 'rm -rf --' '' ''; mark rm $? ;;
-  mkdir) batch 'mkdir -p --' '' ''; rc=$?; [ $rc = 0 ] || bad=1; mark mkdir $rc ;;
-  mkparent) umask 022; batch 'mkdir -p --' '' ''; rc=$?; umask 077; [ $rc = 0 ] || bad=1; mark mkparent $rc ;;
-  ln) IFS= read -r target; IFS= read -r path; ln -s -- "$target" "$path"; mark ln $? ;;
+  rm) batch 'rm -rf --' '' '' 2>&1; mark rm $? ;;
+  mkdir) batch 'mkdir -p --' '' '' 2>&1; rc=$?; [ $rc = 0 ] || bad=1; mark mkdir $rc ;;
+  mkparent) umask 022; batch 'mkdir -p --' '' '' 2>&1; rc=$?; umask 077; [ $rc = 0 ] || bad=1; mark mkparent $rc ;;
+  ln) IFS= read -r target; IFS= read -r path; ln -s -- "$target" "$path" 2>&1; mark ln $? ;;
   scp) if [ $bad = 1 ]; then mark scp 99; exit 99; fi
     umask 0; scp -r -t -- /; rc=$?; umask 077; mark scp $rc; [ $rc = 0 ] || exit $rc ;;
-  mv) IFS= read -r dst; batch 'mv -f --' "$dst/$P$t/" '"$dst/"'; mark mv $? ;;
+  mv) IFS= read -r dst; batch 'mv -f --' "$dst/$P$t/" '"$dst/"' 2>&1; mark mv $? ;;
   chmod) IFS= read -r bits
     case $bits in *[!0-7]*|'') mark bad 3; exit 3 ;; esac
-    batch "chmod $bits --" '' ''; mark chmod $? ;;
+    batch "chmod $bits --" '' '' 2>&1; mark chmod $? ;;
   touch) IFS= read -r stamp
     case $stamp in *[!0-9.]*|'') mark bad 3; exit 3 ;; esac
-    TZ=UTC0; export TZ; batch "touch -m -t $stamp --" '' ''; rc=$?; unset TZ; mark touch $rc ;;
+    TZ=UTC0; export TZ; batch "touch -m -t $stamp --" '' '' 2>&1; rc=$?; unset TZ; mark touch $rc ;;
   q) mark q 0; exit 0 ;;
   *) mark bad 3; exit 3 ;;
   esac

@@ -339,6 +339,12 @@ def _check_delete_safety(plan: HostPlan, listing: Listing, options: SyncOptions,
             )
 
 
+def _message(before: bytes) -> str:
+    """An operation's error output, as one line."""
+    lines = [l.strip() for l in before.decode("utf-8", "replace").splitlines() if l.strip()]
+    return "; ".join(dict.fromkeys(lines))
+
+
 def _apply(c, stream: Stream, plan: HostPlan, mappings: list[Mapping], options: SyncOptions, label: str) -> None:
     log = get_logger(label)
     token = plan.token
@@ -365,57 +371,50 @@ def _apply(c, stream: Stream, plan: HostPlan, mappings: list[Mapping], options: 
     scp_status = 0
     scp = ScpStream(token, sends)
     link_iter = iter(links)
-    prep_failed = False
+    prep_error: str | None = None
     for name in expected_ops:
         if name == "scp":
-            if prep_failed:
-                # The script refuses to run scp after a failed mkdir, exits,
-                # and the rest is cleaned up on a second channel.
-                scp_status = 99
-                break
+            if prep_error:
+                break  # the script refuses to run scp after a failed mkdir, and exits
             send_scp(stream, scp, options.progress, label)
             if scp.broken:
-                # scp may still wait for bytes that will never come.
-                scp_status = 255
+                scp_status = 255  # scp may still wait for bytes that will never come
                 break
         try:
             before, op, status = markers.next()
         except RemoteError as exc:
             scp_status = scp_status or 255
-            log.error("%s", exc)
+            prep_error = prep_error or str(exc)
             break
+        message = _message(before)
         if op == "scp":
             scp_status = status
-            if status:
-                log.error("scp exited with status %d: %s", status, stream.stderr_text().splitlines()[-1:])
         elif op == "ln":
             link = next(link_iter)
             if status:
-                failed[id(link)] = f"cannot create the link: {stream.stderr_text()}"
+                failed[id(link)] = f"cannot create the link: {message}"
         elif status and op in ("mkdir", "mkparent"):
-            prep_failed = True
-            log.error("cannot create remote folders: %s", stream.stderr_text())
+            prep_error = prep_error or f"cannot create the remote folders: {message or 'mkdir failed'}"
         elif status:
-            log.error("remote %s failed: %s", op, stream.stderr_text())
+            log.error("removing before the transfer failed: %s", message)
 
-    if sends and options.protocol == "sftp" and not prep_failed:
+    if prep_error:
+        log.error("%s", prep_error)
+    elif sends and options.protocol == "sftp":
         _send_sftp(c, plan, sends, failed, options, label)
     failed.update(scp.failed)
     if use_scp:
-        reason = scp.broken or stream.failure(f"the transfer stopped (scp status {scp_status})")
+        reason = prep_error or scp.broken or stream.failure(f"the transfer stopped (scp status {scp_status})")
         for send in sends:
             if id(send) not in scp.acked:
                 failed.setdefault(id(send), reason)
-    if prep_failed:
-        reason = "could not create the remote folders: " + (stream.stderr_text() or "mkdir failed")
-        for send in sends + links:
-            failed.setdefault(id(send), reason)
-
-    if scp_status or prep_failed:
+        if scp_status and not prep_error:
+            log.error("scp failed (status %d): %s", scp_status, reason)
+    if scp_status or prep_error:
         stream.chan.close()
         stream = _open_script(c, token, "ops", mappings, label)
         markers = Markers(stream, token)
-    _commit(stream, markers, plan, sends + links, failed, label)
+    _commit(stream, markers, plan, sends + links, failed, label, prep_error)
 
 
 def _send_sftp(c, plan: HostPlan, sends: list[Send], failed: dict[int, str], options: SyncOptions,
@@ -446,29 +445,35 @@ def _send_sftp(c, plan: HostPlan, sends: list[Send], failed: dict[int, str], opt
 
 
 def _commit(stream: Stream, markers: Markers, plan: HostPlan, moved: list[Send], failed: dict[int, str],
-            label: str) -> None:
+            label: str, prep_error: str | None = None) -> None:
+    """Move what arrived into place, then chmod, touch, delete and clean up.
+
+    After a failed preparation only the clean-up runs: the folders the rest
+    would work on may not exist.
+    """
     log = get_logger(label)
     ops = Ops(plan.token)
     mv_groups: list[tuple[str, list[Send]]] = []
-    ordered = sorted((s for s in moved if id(s) not in failed), key=lambda s: s.folder)
-    for folder, group in groupby(ordered, key=lambda s: s.folder):
-        group = list(group)
-        mv_groups.append((folder, group))
-        ops.mv(folder, [s.name for s in group])
-    by_mode: dict[int, list[str]] = {}
-    for mapping_plan in plan.mappings:
-        for mode, path in mapping_plan.chmods:
-            by_mode.setdefault(mode, []).append(path)
-    # Deepest first, so a folder made read-only is chmodded after its contents.
-    for mode, paths in sorted(by_mode.items()):
-        ops.chmod(mode, sorted(paths, key=lambda p: -p.count("/")))
-    by_stamp: dict[str, list[str]] = {}
-    for mapping_plan in plan.mappings:
-        for stamp, path in mapping_plan.touches:
-            by_stamp.setdefault(stamp, []).append(path)
-    for stamp, paths in sorted(by_stamp.items()):
-        ops.touch(stamp, paths)
-    ops.rm([d for p in plan.mappings for d in p.deletes])
+    if not prep_error:
+        ordered = sorted((s for s in moved if id(s) not in failed), key=lambda s: s.folder)
+        for folder, group in groupby(ordered, key=lambda s: s.folder):
+            group = list(group)
+            mv_groups.append((folder, group))
+            ops.mv(folder, [s.name for s in group])
+        by_mode: dict[int, list[str]] = {}
+        for mapping_plan in plan.mappings:
+            for mode, path in mapping_plan.chmods:
+                by_mode.setdefault(mode, []).append(path)
+        # Deepest first, so a folder made read-only is chmodded after its contents.
+        for mode, paths in sorted(by_mode.items()):
+            ops.chmod(mode, sorted(paths, key=lambda p: -p.count("/")))
+        by_stamp: dict[str, list[str]] = {}
+        for mapping_plan in plan.mappings:
+            for stamp, path in mapping_plan.touches:
+                by_stamp.setdefault(stamp, []).append(path)
+        for stamp, paths in sorted(by_stamp.items()):
+            ops.touch(stamp, paths)
+        ops.rm([d for p in plan.mappings for d in p.deletes])
     ops.rm(plan.staging_dirs())
     ops.quit()
     names = list(ops.names)
@@ -476,42 +481,38 @@ def _commit(stream: Stream, markers: Markers, plan: HostPlan, moved: list[Send],
         raise RemoteError(stream.failure("the connection closed before the commit"), host=label)
 
     mv_iter = iter(mv_groups)
-    problems: list[str] = []
-    for name in names:
-        _, op, status = markers.next()
+    problems: dict[str, str] = {}
+    cleanup_index = len(names) - 2  # the last rm removes the staging folders
+    for index, name in enumerate(names):
+        before, op, status = markers.next()
+        message = _message(before)
         if op == "mv":
             folder, group = next(mv_iter)
             if status:
-                detail = stream.stderr_text()
                 for send in group:
-                    lines = [l for l in detail.splitlines() if send.name in l]
-                    if lines:
-                        failed[id(send)] = lines[-1]
-                if not any(id(s) in failed for s in group):
-                    for send in group:
-                        failed[id(send)] = f"cannot move into {folder}: {detail}"
+                    lines = [l for l in message.split("; ") if send.name in l]
+                    failed[id(send)] = lines[-1] if lines else f"cannot move into {folder}: {message}"
+        elif status and index == cleanup_index:
+            (log.debug if prep_error else log.warning)("could not remove the temporary folders: %s", message)
         elif status and op != "q":
-            problems.append(f"{op} failed: {stream.stderr_text() or 'status ' + str(status)}")
+            problems.setdefault(op, f"{op} failed: {message or 'status ' + str(status)}")
 
     for send in moved:
         if id(send) in failed:
             send.result.action = "fail"
             send.result.reason = failed[id(send)]
             log.error("%s: %s", send.result.path, send.result.reason)
-    for problem in problems:
-        log.error("%s", problem)
-        _mark_other_failures(plan, problem)
+    if prep_error:
+        problems = {op: prep_error for op in ("chmod", "touch", "rm")}
+    for op, problem in problems.items():
+        kinds = {"chmod": ("chmod", "mkdir"), "touch": ("touch",), "rm": ("delete",)}.get(op, ())
+        for mapping_plan in plan.mappings:
+            for record in mapping_plan.result.files:
+                if record.action in kinds:
+                    record.action, record.reason = "fail", problem
+        if not prep_error:
+            log.error("%s", problem)
     stream.chan.close()
-
-
-def _mark_other_failures(plan: HostPlan, problem: str) -> None:
-    """A failed chmod, touch or delete: mark the records of that kind."""
-    op = problem.split(" ", 1)[0]
-    kinds = {"chmod": ("chmod", "mkdir"), "touch": ("touch",), "rm": ("delete",)}.get(op, ())
-    for mapping_plan in plan.mappings:
-        for record in mapping_plan.result.files:
-            if record.action in kinds:
-                record.action, record.reason = "fail", problem
 
 
 def sync_connection(c, mappings: list[Mapping], options: SyncOptions | None = None, label: str | None = None
