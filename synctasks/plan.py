@@ -288,7 +288,7 @@ def _compare_file(entry: LocalEntry, there: RemoteEntry | None, compare: str) ->
         content_differs = size_differs or there.sha256 != sha256_file(entry.path)
     else:
         content_differs = size_differs or mtime_differs
-    flags = ">f{}{}{}{}.......".format(
+    flags = ">f{}{}{}{}.....".format(
         "c" if compare == "checksum" and content_differs and not size_differs else ".",
         "s" if size_differs else ".",
         "t" if mtime_differs else ".",

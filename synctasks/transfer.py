@@ -474,6 +474,7 @@ def _commit(stream: Stream, markers: Markers, plan: HostPlan, moved: list[Send],
         for stamp, paths in sorted(by_stamp.items()):
             ops.touch(stamp, paths)
         ops.rm([d for p in plan.mappings for d in p.deletes])
+    cleanup_index = len(ops.names)  # the rm of the staging folders, if any
     ops.rm(plan.staging_dirs())
     ops.quit()
     names = list(ops.names)
@@ -482,7 +483,6 @@ def _commit(stream: Stream, markers: Markers, plan: HostPlan, moved: list[Send],
 
     mv_iter = iter(mv_groups)
     problems: dict[str, str] = {}
-    cleanup_index = len(names) - 2  # the last rm removes the staging folders
     for index, name in enumerate(names):
         before, op, status = markers.next()
         message = _message(before)

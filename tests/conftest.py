@@ -130,6 +130,16 @@ def project(tmp_path):
     return Project(tmp_path / "project")
 
 
+def give(srv: TestServer, *paths: Path) -> None:
+    """Hand remote-side files the test made (as root) to the login user."""
+    import pwd
+
+    entry = pwd.getpwnam(srv.user)
+    for top in paths:
+        for path in [top, *top.rglob("*")] if top.is_dir() else [top]:
+            os.lchown(path, entry.pw_uid, entry.pw_gid)
+
+
 def tree_state(root: Path) -> dict[str, tuple]:
     """rel path -> (kind, bytes or link target, mode, mtime in µs, inode) for a tree."""
     state = {}

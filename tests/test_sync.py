@@ -168,3 +168,14 @@ def test_permission_denied_dest_is_a_clear_failure(project, server, remote, caps
     assert status == 1
     assert "Permission denied" in out or "permission denied" in out.lower()
     assert not os.path.exists("/root/not-yours")
+
+
+def test_shell_metacharacters_in_dest_are_literal(project, server, remote):
+    marker = remote / "INJECTED"  # the login user could create it, were anything injected
+    project.file("conf/app.conf", "x")
+    weird = f"{remote}/$(touch {marker})/a;touch {marker};b/`touch {marker}`"
+    project.add_host(server, MAIN_HOSTS[0], [{"src": "conf/app.conf", "dest": weird + "/"}])
+    status, _, _ = project.run()
+    assert status == 0
+    assert not marker.exists()
+    assert open(weird + "/app.conf").read() == "x"
