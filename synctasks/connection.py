@@ -105,8 +105,12 @@ def apply_host_key_policy(c: Connection, policy: str = "strict", known_hosts: Pa
     return c
 
 
-def _fast_transport(*args, **kwargs) -> paramiko.Transport:
-    transport = paramiko.Transport(*args, **kwargs)
+def _fast_transport(sock, *args, **kwargs) -> paramiko.Transport:
+    if isinstance(sock, socket.socket):
+        # Before the key exchange, not after: every handshake message is
+        # small, and Nagle's algorithm would hold each one ~40 ms.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    transport = paramiko.Transport(sock, *args, **kwargs)
     options = transport.get_security_options()
     offered = tuple(options.ciphers)
     options.ciphers = tuple(c for c in PREFERRED_CIPHERS if c in offered) + tuple(
@@ -192,8 +196,8 @@ def _open_once(c: Connection, label: str) -> None:
         raise ConnectError(f"cannot connect to {c.host}:{c.port}: {exc}", host=label) from None
     sock = c.transport.sock
     if isinstance(sock, socket.socket):
-        # One small acknowledgement per SCP message: without this, Nagle's
-        # algorithm holds each one back for ~40 ms.
+        # Also for Connections we did not build: small SCP messages must not
+        # wait for Nagle's algorithm.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     log.debug("connected to %s@%s:%s in %.3fs (cipher %s)", c.user, c.host, c.port,
               time.monotonic() - started, c.transport.remote_cipher)

@@ -11,10 +11,9 @@ import hashlib
 import os
 import posixpath
 import stat
+import threading
 import time
 from dataclasses import dataclass, field
-
-import pathspec
 
 from .inputs import Mapping
 from .remote import Listing, RemoteEntry, staging_name
@@ -91,7 +90,11 @@ class Excluder:
     """gitignore-style patterns, matched against paths below a mapping root."""
 
     def __init__(self, patterns: tuple[str, ...] | list[str]):
-        self.spec = pathspec.GitIgnoreSpec.from_lines(list(patterns)) if patterns else None
+        self.spec = None
+        if patterns:
+            import pathspec  # only runs that exclude something pay for the import
+
+            self.spec = pathspec.GitIgnoreSpec.from_lines(list(patterns))
 
     def __call__(self, rel: str, is_dir: bool) -> bool:
         if self.spec is None or not rel:
@@ -150,6 +153,59 @@ def walk(mapping: Mapping, exclude: Excluder, symlinks: str, warn) -> list[Local
     return entries
 
 
+class LocalTrees:
+    """Walks each local src once per run, shared by every host that maps it.
+
+    A background thread can start the walks (:meth:`prefetch`) while the
+    connections are still being made; :meth:`get` waits for, or does, the walk.
+    """
+
+    def __init__(self, global_exclude: tuple[str, ...] = (), symlinks: str = "copy", warn=print):
+        self.global_exclude = tuple(global_exclude)
+        self.symlinks = symlinks
+        self.warn = warn
+        self._lock = threading.Lock()
+        self._slots: dict[tuple, "_Slot"] = {}
+
+    def excluder(self, mapping: Mapping) -> Excluder:
+        return Excluder(self.global_exclude + tuple(mapping.exclude))
+
+    def get(self, mapping: Mapping) -> list[LocalEntry]:
+        key = (str(mapping.src), mapping.is_dir, tuple(mapping.exclude))
+        with self._lock:
+            slot = self._slots.get(key)
+            owner = slot is None
+            if owner:
+                slot = self._slots[key] = _Slot()
+        if owner:
+            try:
+                slot.entries = walk(mapping, self.excluder(mapping), self.symlinks, self.warn)
+            except BaseException as exc:
+                slot.error = exc
+            finally:
+                slot.done.set()
+        slot.done.wait()
+        if slot.error is not None:
+            raise slot.error
+        return slot.entries
+
+    def prefetch(self, mappings: list[Mapping]) -> None:
+        def run() -> None:
+            for mapping in mappings:
+                try:
+                    self.get(mapping)
+                except Exception:
+                    pass  # the host that needs it gets the error
+        threading.Thread(target=run, name="walk-local", daemon=True).start()
+
+
+class _Slot:
+    def __init__(self):
+        self.done = threading.Event()
+        self.entries: list[LocalEntry] = []
+        self.error: BaseException | None = None
+
+
 def sha256_file(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -171,12 +227,12 @@ def _unsendable(name: str) -> str | None:
     return None
 
 
-def plan_mapping(mapping: Mapping, listing: Listing, *, compare: str, delete: bool, symlinks: str,
-                 global_exclude: tuple[str, ...], warn) -> MappingPlan:
+def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compare: str, delete: bool,
+                 warn) -> MappingPlan:
     dest = mapping.dest
     result = MappingResult(src=str(mapping.src), dest=dest)
     plan = MappingPlan(mapping=mapping, result=result)
-    exclude = Excluder(tuple(global_exclude) + tuple(mapping.exclude))
+    exclude = trees.excluder(mapping)
     remote: dict[str, RemoteEntry] = listing.entries.get(dest, {})
     root = remote.get(dest)
     files = result.files
@@ -189,7 +245,7 @@ def plan_mapping(mapping: Mapping, listing: Listing, *, compare: str, delete: bo
         files.append(FileResult(dest, "fail", plan.error))
         return plan
 
-    local = walk(mapping, exclude, symlinks, warn)
+    local = trees.get(mapping)
     wanted: set[str] = set()
     for entry in local:
         path = posixpath.join(dest, entry.rel) if entry.rel else dest
@@ -304,11 +360,7 @@ def _compare_file(entry: LocalEntry, there: RemoteEntry | None, compare: str) ->
     return "unchanged", ".f         "
 
 
-def plan_host(token: str, mappings: list[Mapping], listing: Listing, *, compare: str, delete: bool,
-              symlinks: str, global_exclude: tuple[str, ...], warn) -> HostPlan:
-    plans = [
-        plan_mapping(m, listing, compare=compare, delete=delete, symlinks=symlinks,
-                     global_exclude=global_exclude, warn=warn)
-        for m in mappings
-    ]
+def plan_host(token: str, mappings: list[Mapping], listing: Listing, trees: LocalTrees, *, compare: str,
+              delete: bool, warn) -> HostPlan:
+    plans = [plan_mapping(m, listing, trees, compare=compare, delete=delete, warn=warn) for m in mappings]
     return HostPlan(token=token, mappings=plans, stale=list(listing.stale))

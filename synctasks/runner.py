@@ -28,6 +28,7 @@ from .connection import apply_host_key_policy, build_connection, open_connection
 from .errors import InputError, SyncFailed, SyncTasksError
 from .inputs import HostEntry, Inventory, Mapping, Settings, load_inventory, resolve_mapping
 from .logger import get_logger
+from .plan import LocalTrees
 from .results import GroupResult, HostResult
 from .transfer import SyncOptions, sync_connection
 
@@ -104,13 +105,14 @@ def select_hosts(hosts: list[HostEntry], only: str | Iterable[str] | None) -> li
     return chosen
 
 
-def _sync_entry(host: HostEntry, mappings: list[Mapping], settings: Settings, options: SyncOptions) -> HostResult:
+def _sync_entry(host: HostEntry, mappings: list[Mapping], settings: Settings, options: SyncOptions,
+                trees: LocalTrees) -> HostResult:
     log = get_logger(host.name)
     started = time.monotonic()
     c = build_connection(host, settings)
     try:
         open_connection(c, host.name, settings.retries)
-        result = sync_connection(c, mappings, options, host.name)
+        result = sync_connection(c, mappings, options, host.name, trees)
     except SyncTasksError as exc:
         message = str(exc)
         if exc.host and message.startswith(f"{exc.host}: "):
@@ -153,8 +155,11 @@ def sync_inventory(config_path: str | os.PathLike | None = None, *, inventory: I
     log = get_logger()
     log.info("syncing %d host(s), %d at once%s", len(hosts), settings.connections,
              " (dry run)" if options.dry_run else "")
+    trees = LocalTrees(options.exclude, options.symlinks, log.warning)
+    # Walk the local trees while the connections are being made.
+    trees.prefetch([m for h in hosts for m in inventory.mappings[h.name]])
     with ThreadPoolExecutor(max_workers=max(1, min(settings.connections, len(hosts) or 1))) as pool:
-        futures = [pool.submit(_sync_entry, h, inventory.mappings[h.name], settings, options) for h in hosts]
+        futures = [pool.submit(_sync_entry, h, inventory.mappings[h.name], settings, options, trees) for h in hosts]
         for host, future in zip(hosts, futures):
             result = future.result()
             group[host.name] = result

@@ -34,7 +34,7 @@ import paramiko
 from .errors import RemoteError
 from .inputs import Mapping
 from .logger import get_logger
-from .plan import HostPlan, Send, plan_host
+from .plan import HostPlan, LocalTrees, Send, plan_host
 from .remote import Listing, Ops, command, marker, parse_listing, staging_name
 from .results import HostResult
 
@@ -298,7 +298,8 @@ def read_listing(stream: Stream, token: str) -> Listing:
     return parse_listing(data)
 
 
-def sync_host_plan(c, label: str, mappings: list[Mapping], options: SyncOptions, result: HostResult) -> None:
+def sync_host_plan(c, label: str, mappings: list[Mapping], options: SyncOptions, result: HostResult,
+                   trees: LocalTrees | None = None) -> None:
     """List, plan and (unless a dry run) apply, filling ``result``."""
     log = get_logger(label)
     token = secrets.token_hex(8)
@@ -307,8 +308,9 @@ def sync_host_plan(c, label: str, mappings: list[Mapping], options: SyncOptions,
     listing = read_listing(stream, token)
     log.debug("listed %d remote entries in %d dests", sum(len(e) for e in listing.entries.values()),
               len(listing.entries))
-    plan = plan_host(token, mappings, listing, compare=options.compare, delete=options.delete,
-                     symlinks=options.symlinks, global_exclude=options.exclude, warn=log.warning)
+    trees = trees or LocalTrees(options.exclude, options.symlinks, log.warning)
+    plan = plan_host(token, mappings, listing, trees, compare=options.compare, delete=options.delete,
+                     warn=log.warning)
     result.mappings = [p.result for p in plan.mappings]
     if options.delete:
         _check_delete_safety(plan, listing, options, label)
@@ -515,15 +517,18 @@ def _commit(stream: Stream, markers: Markers, plan: HostPlan, moved: list[Send],
     stream.chan.close()
 
 
-def sync_connection(c, mappings: list[Mapping], options: SyncOptions | None = None, label: str | None = None
-                    ) -> HostResult:
-    """Sync ``mappings`` to the host of an OPEN connection ``c``."""
+def sync_connection(c, mappings: list[Mapping], options: SyncOptions | None = None, label: str | None = None,
+                    trees: LocalTrees | None = None) -> HostResult:
+    """Sync ``mappings`` to the host of an OPEN connection ``c``.
+
+    ``trees`` shares local walks between hosts of one run.
+    """
     options = options or SyncOptions()
     label = label or c.original_host
     result = HostResult(host=label, dry_run=options.dry_run)
     started = time.monotonic()
     try:
-        sync_host_plan(c, label, mappings, options, result)
+        sync_host_plan(c, label, mappings, options, result, trees)
     finally:
         result.seconds = time.monotonic() - started
     return result

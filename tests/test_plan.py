@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from synctasks.inputs import Mapping
-from synctasks.plan import Excluder, plan_mapping
+from synctasks.plan import Excluder, LocalTrees, plan_mapping
 from synctasks.remote import Listing, RemoteEntry, parse_listing
 
 
@@ -46,8 +46,7 @@ def test_plan_skips_equal_and_deletes_only_top_extraneous(tmp_path):
         "/d/site/gone": RemoteEntry("d", 0o755, 0, 0),
         "/d/site/gone/x": RemoteEntry("f", 0o644, 1, 1),
     }})
-    plan = plan_mapping(mapping, listing, compare="size-mtime", delete=True, symlinks="copy", global_exclude=(),
-                        warn=print)
+    plan = plan_mapping(mapping, listing, LocalTrees(), compare="size-mtime", delete=True, warn=print)
     actions = {f.path: f.action for f in plan.result.files}
     assert actions["/d/site/keep/f"] == "skip"
     assert actions["/d/site/gone/"] == "delete" and actions["/d/site/gone/x"] == "delete"
@@ -59,7 +58,6 @@ def test_plan_refuses_file_where_folder_is_without_delete(tmp_path):
     listing = Listing(entries={"/d/site": {"/d/site": RemoteEntry("d", 0o755, 0, 0),
                                            "/d/site/keep": RemoteEntry("d", 0o755, 0, 0),
                                            "/d/site/keep/f": RemoteEntry("d", 0o755, 0, 0)}})
-    plan = plan_mapping(mapping, listing, compare="size-mtime", delete=False, symlinks="copy", global_exclude=(),
-                        warn=print)
+    plan = plan_mapping(mapping, listing, LocalTrees(), compare="size-mtime", delete=False, warn=print)
     failed = [f for f in plan.result.files if f.action == "fail"]
     assert failed and "--delete" in failed[0].reason
