@@ -47,6 +47,22 @@ batch() {
   if [ $# -gt 0 ]; then eval "$cmd \"\$@\" $suf" || rc=1; fi
   return $rc
 }
+moveall() {
+  # Rename everything in staging folder $1 into $2, one mv per name pattern
+  # (names come from the folder itself, not from stdin: fast for many files).
+  # $3 = many: too many names for one command line, let find batch them.
+  s=$1; d=$2; rc=0
+  if [ "$3" = many ]; then
+    find "$s" -mindepth 1 -maxdepth 1 -exec mv -f -t "$d" {} + || rc=1
+    return $rc
+  fi
+  for g in '*' '.[!.]*' '..?*'; do
+    set -- "$s"/$g
+    if [ $# -eq 1 ] && [ ! -e "$1" ] && [ ! -h "$1" ]; then continue; fi
+    mv -f -- "$@" "$d/" || rc=1
+  done
+  return $rc
+}
 if [ "$mode" != ops ]; then
   printf 'H%s\0' "$HOME"
   if find / -maxdepth 0 -printf '' >/dev/null 2>&1; then :; else
@@ -78,8 +94,8 @@ while IFS= read -r line; do
   mkparent) umask 022; batch 'mkdir -p --' '' '' 2>&1; rc=$?; umask 077; [ $rc = 0 ] || bad=1; mark mkparent $rc ;;
   ln) IFS= read -r target; IFS= read -r path; ln -s -- "$target" "$path" 2>&1; mark ln $? ;;
   scp) if [ $bad = 1 ]; then mark scp 99; exit 99; fi
-    umask 0; scp -r -t -- /; rc=$?; umask 077; mark scp $rc; [ $rc = 0 ] || exit $rc ;;
-  mv) IFS= read -r dst; batch 'mv -f --' "$dst/$P$t/" '"$dst/"' 2>&1; mark mv $? ;;
+    IFS= read -r acks; umask 0; scp -r -t -- / >"$acks"; rc=$?; umask 077; cat "$acks"; rm -f "$acks"; mark scp $rc; [ $rc = 0 ] || exit $rc ;;
+  mv) IFS= read -r dst; IFS= read -r many; moveall "$dst/$P$t" "$dst" "$many" 2>&1; mark mv $? ;;
   chmod) IFS= read -r bits
     case $bits in *[!0-7]*|'') mark bad 3; exit 3 ;; esac
     batch "chmod $bits --" '' '' 2>&1; mark chmod $? ;;
@@ -209,11 +225,12 @@ class Ops:
     def ln(self, target: str, path: str) -> None:
         self._op("ln", target, path)
 
-    def scp(self) -> None:
-        self._op("scp")
+    def scp(self, acks: str) -> None:
+        self._op("scp", acks)
 
-    def mv(self, folder: str, names: list[str]) -> None:
-        self._batch("mv", [folder], names)
+    def mv(self, folder: str, count: int) -> None:
+        """Move every file of ``folder``'s staging folder into ``folder``."""
+        self._op("mv", folder, "many" if count > 1000 else "few")
 
     def chmod(self, mode: int, paths: list[str]) -> None:
         self._batch("chmod", [f"{mode:04o}"], paths)

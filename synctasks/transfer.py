@@ -365,7 +365,7 @@ def _apply(c, stream: Stream, plan: HostPlan, mappings: list[Mapping], options: 
         ops.ln(link.local.link, posixpath.join(link.folder, staging, link.name))
     use_scp = bool(sends) and options.protocol == "scp"
     if use_scp:
-        ops.scp()
+        ops.scp(posixpath.join(plan.staging_dirs()[0], staging + ".acks"))
     expected_ops = list(ops.names)
     stream.send(ops.take())
     markers = Markers(stream, token)
@@ -457,11 +457,14 @@ def _commit(stream: Stream, markers: Markers, plan: HostPlan, moved: list[Send],
     ops = Ops(plan.token)
     mv_groups: list[tuple[str, list[Send]]] = []
     if not prep_error:
+        staging = staging_name(plan.token)
+        # A staging folder must hold only what arrived whole: drop the rest.
+        ops.rm([posixpath.join(s.folder, staging, s.name) for s in moved if id(s) in failed])
         ordered = sorted((s for s in moved if id(s) not in failed), key=lambda s: s.folder)
         for folder, group in groupby(ordered, key=lambda s: s.folder):
             group = list(group)
             mv_groups.append((folder, group))
-            ops.mv(folder, [s.name for s in group])
+            ops.mv(folder, len(group))
         by_mode: dict[int, list[str]] = {}
         for mapping_plan in plan.mappings:
             for mode, path in mapping_plan.chmods:
