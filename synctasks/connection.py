@@ -105,11 +105,38 @@ def apply_host_key_policy(c: Connection, policy: str = "strict", known_hosts: Pa
     return c
 
 
-def _fast_transport(sock, *args, **kwargs) -> paramiko.Transport:
-    if isinstance(sock, socket.socket):
-        # Before the key exchange, not after: every handshake message is
-        # small, and Nagle's algorithm would hold each one ~40 ms.
+class QuickAckSocket:
+    """A TCP socket that acknowledges what it received at once.
+
+    The server's sshd leaves Nagle's algorithm on: a small answer (an SCP
+    or script status line, a channel confirmation) waits until its previous
+    small packet is acknowledged, and Linux delays that acknowledgement up to
+    40 ms when we have nothing to send. Re-arming TCP_QUICKACK after each read
+    sends the acknowledgement now.
+    """
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+        self._quickack = getattr(socket, "TCP_QUICKACK", None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def recv(self, size: int) -> bytes:
+        data = self._sock.recv(size)
+        if self._quickack is not None:
+            try:
+                self._sock.setsockopt(socket.IPPROTO_TCP, self._quickack, 1)
+            except OSError:
+                self._quickack = None
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+def _fast_transport(sock, *args, **kwargs) -> paramiko.Transport:
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        # Before the key exchange, not after: every handshake message is small.
+        sock = QuickAckSocket(sock)
     transport = paramiko.Transport(sock, *args, **kwargs)
     options = transport.get_security_options()
     offered = tuple(options.ciphers)
@@ -195,7 +222,7 @@ def _open_once(c: Connection, label: str) -> None:
         _close_quietly(c)
         raise ConnectError(f"cannot connect to {c.host}:{c.port}: {exc}", host=label) from None
     sock = c.transport.sock
-    if isinstance(sock, socket.socket):
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
         # Also for Connections we did not build: small SCP messages must not
         # wait for Nagle's algorithm.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

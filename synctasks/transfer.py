@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import secrets
 import socket
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from itertools import groupby
 
@@ -145,47 +145,64 @@ class Markers:
 # --------------------------------------------------------------------------
 # The SCP stream
 # --------------------------------------------------------------------------
+_NOT_ZERO = re.compile(rb"[^\0]")
+
+
 @dataclass
 class ScpStream:
-    """Builds the SCP source stream and tracks the sink's answers."""
+    """Builds the SCP source stream and tracks the sink's answers.
+
+    Every record the sink reads (T, C, D, E, a file's data) is answered by one
+    byte 0, or by 1/2 and a message line. ``expected`` lists, in order, who
+    each answer is for; ``pos`` counts the answers read.
+    """
 
     token: str
     sends: list[Send]
-    expected: deque = field(default_factory=deque)
+    expected: list = field(default_factory=list)  #: (kind, Send or None) per answer
+    pos: int = 0
     failed: dict[int, str] = field(default_factory=dict)  #: id(send) -> reason
-    acked: set[int] = field(default_factory=set)  #: id(send) of files the sink wrote
     broken: str | None = None  #: the stream lost sync; nothing after is trusted
 
+    @property
+    def pending(self) -> bool:
+        return self.pos < len(self.expected)
+
+    def acked(self) -> set[int]:
+        """id() of every file whose data the sink confirmed."""
+        return {id(send) for kind, send in self.expected[: self.pos] if kind == "data" and id(send) not in self.failed}
+
     def feed(self, data: bytes) -> bytes:
-        """Consume acknowledgements; return what follows the last expected one."""
-        i = 0
-        while i < len(data) and self.expected:
+        """Consume answers; return what follows the last expected one."""
+        i, size = 0, len(data)
+        while i < size and self.pending:
+            found = _NOT_ZERO.search(data, i, min(size, i + len(self.expected) - self.pos))
+            end = found.start() if found else min(size, i + len(self.expected) - self.pos)
+            self.pos += end - i  # a run of zeros: that many records confirmed
+            i = end
+            if i >= size or not self.pending:
+                break
             byte = data[i]
-            if byte == 0:
-                kind, send = self.expected.popleft()
-                if kind == "data":
-                    self.acked.add(id(send))
-                i += 1
-                continue
             if byte not in (1, 2):
                 self.broken = self.broken or "the SCP sink stopped in mid-stream"
                 return data[i:]
-            end = data.find(b"\n", i)
-            if end < 0:
-                return data[i:]  # incomplete message: wait for more
-            message = data[i + 1:end].decode("utf-8", "replace").strip()
-            kind, send = self.expected.popleft()
+            newline = data.find(b"\n", i)
+            if newline < 0:
+                return data[i:]  # an incomplete message: wait for the rest
+            message = data[i + 1:newline].decode("utf-8", "replace").strip()
+            kind, send = self.expected[self.pos]
+            self.pos += 1
             if send is not None:
                 self.failed.setdefault(id(send), message)
             if byte == 2 or kind in ("C", "nav"):
                 # The sink skipped a record it could not open: what we sent
                 # after it no longer lines up with what it reads.
                 self.broken = self.broken or message
-            i = end + 1
+            i = newline + 1
         return data[i:]
 
 
-def _navigate(current: list[bytes], target: list[bytes], out: bytearray, expected: deque) -> None:
+def _navigate(current: list[bytes], target: list[bytes], out: bytearray, expected: list) -> None:
     common = 0
     while common < min(len(current), len(target)) and current[common] == target[common]:
         common += 1
@@ -203,36 +220,43 @@ def _components(path: str) -> list[bytes]:
     return [p.encode("utf-8", "surrogateescape") for p in path.split("/") if p]
 
 
+def _read_exactly(fd: int, size: int) -> bytes | None:
+    """``size`` bytes of ``fd``, or None if the file is shorter now."""
+    data = os.read(fd, size)
+    if len(data) == size:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < size:
+        chunk = os.read(fd, size - got)
+        if not chunk:
+            return None
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
 def send_scp(stream: Stream, scp: ScpStream, progress=None, label: str = "") -> None:
-    """Write the whole SCP stream, reading acknowledgements as they come."""
+    """Write the whole SCP stream; the sink's answers are read at the end.
+
+    The script keeps the sink's answers in a file until the sink exits: one
+    read instead of thousands of one-byte packets, each costing a round of
+    Python on this side while the stream is still being sent.
+    """
     out = bytearray()
     expected = scp.expected
     expected.append(("ready", None))
     current: list[bytes] = []
     staging = staging_name(scp.token).encode()
     done_files = done_bytes = 0
-    leftover = b""
-
-    def drain() -> bool:
-        nonlocal leftover
-        while stream.pump(block=False) and stream.buf:
-            data = leftover + bytes(stream.buf)
-            stream.buf.clear()
-            leftover = scp.feed(data)
-            if scp.broken:
-                return False
-            if not scp.expected and leftover:
-                stream.buf[:0] = leftover  # the marker after the stream
-                leftover = b""
-                return True
-        return not stream.eof
 
     def flush() -> bool:
         if out:
             if not stream.send(bytes(out)):
                 return False
             out.clear()
-        return drain()
+        stream.pump(block=False)
+        return not stream.eof
 
     ordered = sorted(scp.sends, key=lambda s: _components(s.folder))
     for folder, group in groupby(ordered, key=lambda s: s.folder):
@@ -240,31 +264,35 @@ def send_scp(stream: Stream, scp: ScpStream, progress=None, label: str = "") -> 
         for send in group:
             entry = send.local
             try:
-                handle = open(entry.path, "rb")
+                fd = os.open(entry.path, os.O_RDONLY)
             except OSError as exc:
                 scp.failed[id(send)] = f"cannot read {entry.path}: {exc.strerror}"
                 continue
-            with handle:
+            try:
                 size = entry.size
                 seconds, nanos = divmod(entry.mtime_ns, 1_000_000_000)
                 a_seconds, a_nanos = divmod(entry.atime_ns, 1_000_000_000)
                 out += b"T%d %d %d %d\n" % (seconds, nanos // 1000, a_seconds, a_nanos // 1000)
                 out += b"C%04o %d " % (entry.mode & 0o7777, size) + send.name.encode("utf-8", "surrogateescape") + b"\n"
-                expected.extend((("T", send), ("C", send)))
+                expected.append(("T", send))
+                expected.append(("C", send))
                 remaining = size
                 while remaining:
-                    chunk = handle.read(min(CHUNK, remaining))
-                    if not chunk:
+                    want = min(CHUNK, remaining)
+                    chunk = _read_exactly(fd, want)
+                    if chunk is None:
                         # The file shrank while we read it: keep the stream in
                         # step with the size we announced, and never commit it.
                         scp.failed[id(send)] = "the file changed while it was sent: run the sync again"
-                        chunk = bytes(min(CHUNK, remaining))
+                        chunk = bytes(want)
                     out += chunk
-                    remaining -= len(chunk)
+                    remaining -= want
                     if len(out) >= FLUSH and not flush():
                         return
                 out += b"\0"
                 expected.append(("data", send))
+            finally:
+                os.close(fd)
             done_files += 1
             done_bytes += size
             if progress:
@@ -274,14 +302,20 @@ def send_scp(stream: Stream, scp: ScpStream, progress=None, label: str = "") -> 
     _navigate(current, [], out, expected)
     out += b"E\n"
     expected.append(("nav", None))
-    if not flush():
-        return
-    while scp.expected and not scp.broken:
-        if not stream.pump(block=True):
-            break
-        drain()
-    if leftover:
-        stream.buf[:0] = leftover
+    flush()
+
+
+def read_scp_answers(stream: Stream, scp: ScpStream) -> None:
+    """Feed the sink's answers (they precede the scp marker) to ``scp``."""
+    data = stream.read_until(marker(scp.token))
+    body = data[: -len(marker(scp.token))]
+    rest = scp.feed(body)
+    if scp.pending and not scp.broken:
+        scp.broken = "the SCP sink stopped before the end of the stream"
+    elif rest.strip(b"\0"):
+        log_rest = rest.decode("utf-8", "replace").strip()
+        scp.broken = scp.broken or f"unexpected answer from the SCP sink: {log_rest[:200]}"
+    stream.buf[:0] = marker(scp.token)
 
 
 # --------------------------------------------------------------------------
@@ -379,10 +413,9 @@ def _apply(c, stream: Stream, plan: HostPlan, mappings: list[Mapping], options: 
             if prep_error:
                 break  # the script refuses to run scp after a failed mkdir, and exits
             send_scp(stream, scp, options.progress, label)
-            if scp.broken:
-                scp_status = 255  # scp may still wait for bytes that will never come
-                break
         try:
+            if name == "scp":
+                read_scp_answers(stream, scp)
             before, op, status = markers.next()
         except RemoteError as exc:
             scp_status = scp_status or 255
@@ -407,8 +440,9 @@ def _apply(c, stream: Stream, plan: HostPlan, mappings: list[Mapping], options: 
     failed.update(scp.failed)
     if use_scp:
         reason = prep_error or scp.broken or stream.failure(f"the transfer stopped (scp status {scp_status})")
+        acked = scp.acked()
         for send in sends:
-            if id(send) not in scp.acked:
+            if id(send) not in acked:
                 failed.setdefault(id(send), reason)
         if scp_status and not prep_error:
             log.error("scp failed (status %d): %s", scp_status, reason)
