@@ -44,6 +44,22 @@ class Send:
     folder: str  #: remote folder the file lands in
     name: str  #: final file name in that folder
     result: FileResult
+    #: Where the file is written first: a staging folder, or a folder inside
+    #: one when the file belongs to a folder that is new on the remote side.
+    stage: str = ""
+    #: The existing remote folder whose staging folder holds it (its commit).
+    host: str = ""
+
+
+@dataclass
+class NewDir:
+    """A folder missing remotely: it is built inside a staging folder and
+    renamed into place with everything in it."""
+
+    path: str  #: final remote path
+    stage: str  #: where it is built
+    mode: int
+    host: str  #: the existing folder whose staging folder holds it
 
 
 @dataclass
@@ -52,8 +68,8 @@ class MappingPlan:
     result: MappingResult
     sends: list[Send] = field(default_factory=list)
     links: list[Send] = field(default_factory=list)
+    new_dirs: list[NewDir] = field(default_factory=list)
     mkparent: list[str] = field(default_factory=list)
-    mkdirs: list[str] = field(default_factory=list)
     chmods: list[tuple[int, str]] = field(default_factory=list)
     touches: list[tuple[str, str]] = field(default_factory=list)
     removes: list[str] = field(default_factory=list)  #: cleared before sending (type changes)
@@ -68,21 +84,21 @@ class HostPlan:
     stale: list[str]
 
     @property
-    def folders(self) -> list[str]:
-        """Remote folders that receive files or links (each gets a staging folder)."""
+    def hosts(self) -> list[str]:
+        """Existing remote folders that receive something (each gets a staging folder)."""
         seen: dict[str, None] = {}
         for plan in self.mappings:
-            for send in plan.sends + plan.links:
-                seen.setdefault(send.folder, None)
+            for item in plan.sends + plan.links + plan.new_dirs:
+                seen.setdefault(item.host, None)
         return list(seen)
 
     def staging_dirs(self) -> list[str]:
-        return [posixpath.join(folder, staging_name(self.token)) for folder in self.folders]
+        return [posixpath.join(folder, staging_name(self.token)) for folder in self.hosts]
 
     @property
     def has_work(self) -> bool:
         return bool(self.stale) or any(
-            p.sends or p.links or p.mkdirs or p.chmods or p.touches or p.removes or p.deletes for p in self.mappings
+            p.sends or p.links or p.new_dirs or p.chmods or p.touches or p.removes or p.deletes for p in self.mappings
         )
 
 
@@ -228,7 +244,7 @@ def _unsendable(name: str) -> str | None:
 
 
 def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compare: str, delete: bool,
-                 warn) -> MappingPlan:
+                 warn, token: str = "0") -> MappingPlan:
     dest = mapping.dest
     result = MappingResult(src=str(mapping.src), dest=dest)
     plan = MappingPlan(mapping=mapping, result=result)
@@ -246,28 +262,47 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
         return plan
 
     local = trees.get(mapping)
+    staging = staging_name(token)
     wanted: set[str] = set()
+    #: new remote folder -> (where it is built, the existing folder holding it)
+    building: dict[str, tuple[str, str]] = {}
+    blocked: list[str] = []
+
+    def place(folder: str, name: str) -> tuple[str, str]:
+        """(stage, host) for something named ``name`` in remote ``folder``."""
+        if folder in building:
+            stage, host = building[folder]
+            return stage, host
+        return posixpath.join(folder, staging), folder
+
     for entry in local:
         path = posixpath.join(dest, entry.rel) if entry.rel else dest
         wanted.add(path)
         folder, name = posixpath.split(path)
+        if blocked and any(path.startswith(b + "/") for b in blocked):
+            files.append(FileResult(path, "fail", "inside a folder whose name cannot be sent"))
+            continue
+        problem = _unsendable(name) if entry.rel or entry.kind != "d" else None
+        if problem:
+            files.append(FileResult(path + ("/" if entry.kind == "d" else ""), "fail", problem))
+            if entry.kind == "d":
+                blocked.append(path)
+            continue
         there = remote.get(path)
         if entry.kind == "d":
             if there is None or there.kind != "d":
                 if there is not None:
                     plan.removes.append(path)
                 elif not entry.rel:
-                    plan.mkparent.append(posixpath.dirname(dest))
-                plan.mkdirs.append(path)
-                plan.chmods.append((entry.mode, path))
+                    plan.mkparent.append(folder)
+                stage, host = place(folder, name)
+                stage = posixpath.join(stage, name)
+                building[path] = (stage, host)
+                plan.new_dirs.append(NewDir(path, stage, entry.mode, host))
                 files.append(FileResult(path + "/", "mkdir", "new" if there is None else "type", flags=NEW_DIR))
             elif there.mode != entry.mode:
                 plan.chmods.append((entry.mode, path))
                 files.append(FileResult(path + "/", "chmod", "mode", flags=".d...p....."))
-            continue
-        problem = _unsendable(name)
-        if problem:
-            files.append(FileResult(path, "fail", problem))
             continue
         if there is not None and there.kind == "d":
             if not delete:
@@ -286,7 +321,7 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
             else:
                 record = FileResult(path, "link", "new" if there is None else "changed", flags=NEW_LINK)
                 files.append(record)
-                plan.links.append(Send(entry, folder, name, record))
+                plan.links.append(Send(entry, folder, name, record, *place(folder, name)))
             continue
         reason, flags = _compare_file(entry, there, compare)
         if reason == "unchanged":
@@ -303,7 +338,7 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
         else:
             record = FileResult(path, "send", reason, entry.size, flags=flags)
             files.append(record)
-            plan.sends.append(Send(entry, folder, name, record))
+            plan.sends.append(Send(entry, folder, name, record, *place(folder, name)))
 
     if delete and mapping.is_dir:
         extraneous = sorted((p for p in remote if p not in wanted and p != dest), reverse=True)
@@ -362,5 +397,6 @@ def _compare_file(entry: LocalEntry, there: RemoteEntry | None, compare: str) ->
 
 def plan_host(token: str, mappings: list[Mapping], listing: Listing, trees: LocalTrees, *, compare: str,
               delete: bool, warn) -> HostPlan:
-    plans = [plan_mapping(m, listing, trees, compare=compare, delete=delete, warn=warn) for m in mappings]
+    plans = [plan_mapping(m, listing, trees, compare=compare, delete=delete, warn=warn, token=token)
+             for m in mappings]
     return HostPlan(token=token, mappings=plans, stale=list(listing.stale))

@@ -34,7 +34,7 @@ import paramiko
 from .errors import RemoteError
 from .inputs import Mapping
 from .logger import get_logger
-from .plan import HostPlan, LocalTrees, Send, plan_host
+from .plan import HostPlan, LocalTrees, NewDir, Send, plan_host
 from .remote import Listing, Ops, command, marker, parse_listing, staging_name
 from .results import HostResult
 
@@ -202,7 +202,14 @@ class ScpStream:
         return data[i:]
 
 
-def _navigate(current: list[bytes], target: list[bytes], out: bytearray, expected: list) -> None:
+def _navigate(current: list[bytes], target: list[bytes], out: bytearray, expected: list,
+              modes: dict[tuple, int]) -> None:
+    """Leave and enter folders (E and D records) to get from ``current`` to ``target``.
+
+    A D record for a folder that exists only enters it (the sink runs
+    without -p, so it keeps its mode); a missing one is created with the mode
+    given here (``modes``, else 0700) — exactly, since the sink runs with umask 0.
+    """
     common = 0
     while common < min(len(current), len(target)) and current[common] == target[common]:
         common += 1
@@ -211,9 +218,9 @@ def _navigate(current: list[bytes], target: list[bytes], out: bytearray, expecte
         out += b"E\n"
         expected.append(("nav", None))
     for name in target[common:]:
-        out += b"D0700 0 " + name + b"\n"
-        expected.append(("nav", None))
         current.append(name)
+        out += b"D%04o 0 " % modes.get(tuple(current), 0o700) + name + b"\n"
+        expected.append(("nav", None))
 
 
 def _components(path: str) -> list[bytes]:
@@ -236,7 +243,7 @@ def _read_exactly(fd: int, size: int) -> bytes | None:
     return b"".join(parts)
 
 
-def send_scp(stream: Stream, scp: ScpStream, progress=None, label: str = "") -> None:
+def send_scp(stream: Stream, scp: ScpStream, new_dirs: list[NewDir], progress=None, label: str = "") -> None:
     """Write the whole SCP stream; the sink's answers are read at the end.
 
     The script keeps the sink's answers in a file until the sink exits: one
@@ -247,8 +254,11 @@ def send_scp(stream: Stream, scp: ScpStream, progress=None, label: str = "") -> 
     expected = scp.expected
     expected.append(("ready", None))
     current: list[bytes] = []
-    staging = staging_name(scp.token).encode()
     done_files = done_bytes = 0
+    modes = {tuple(_components(d.stage)): d.mode & 0o7777 for d in new_dirs}
+    visits: dict[str, list[Send]] = {d.stage: [] for d in new_dirs}
+    for send in scp.sends:
+        visits.setdefault(send.stage, []).append(send)
 
     def flush() -> bool:
         if out:
@@ -258,10 +268,11 @@ def send_scp(stream: Stream, scp: ScpStream, progress=None, label: str = "") -> 
         stream.pump(block=False)
         return not stream.eof
 
-    ordered = sorted(scp.sends, key=lambda s: _components(s.folder))
-    for folder, group in groupby(ordered, key=lambda s: s.folder):
-        _navigate(current, _components(folder) + [staging], out, expected)
-        for send in group:
+    # Parents sort before their children: each new folder is made before
+    # anything goes into it, and empty new folders are made too.
+    for stage in sorted(visits, key=_components):
+        _navigate(current, _components(stage), out, expected, modes)
+        for send in visits[stage]:
             entry = send.local
             try:
                 fd = os.open(entry.path, os.O_RDONLY)
@@ -299,7 +310,7 @@ def send_scp(stream: Stream, scp: ScpStream, progress=None, label: str = "") -> 
                 progress(label, done_files, done_bytes)
             if len(out) >= FLUSH and not flush():
                 return
-    _navigate(current, [], out, expected)
+    _navigate(current, [], out, expected, modes)
     out += b"E\n"
     expected.append(("nav", None))
     flush()
@@ -394,10 +405,9 @@ def _apply(c, stream: Stream, plan: HostPlan, mappings: list[Mapping], options: 
         log.info("removing %d temporary folder(s) left by an earlier cut run", len(plan.stale))
     ops.rm(plan.stale + [r for p in plan.mappings for r in p.removes])
     ops.mkparent(sorted({d for p in plan.mappings for d in p.mkparent}))
-    ops.mkdir([d for p in plan.mappings for d in p.mkdirs] + plan.staging_dirs())
-    for link in links:
-        ops.ln(link.local.link, posixpath.join(link.folder, staging, link.name))
-    use_scp = bool(sends) and options.protocol == "scp"
+    ops.mkdir(plan.staging_dirs())
+    new_dirs = [d for p in plan.mappings for d in p.new_dirs]
+    use_scp = bool(sends or new_dirs) and options.protocol == "scp"
     if use_scp:
         ops.scp(posixpath.join(plan.staging_dirs()[0], staging + ".acks"))
     expected_ops = list(ops.names)
@@ -406,13 +416,12 @@ def _apply(c, stream: Stream, plan: HostPlan, mappings: list[Mapping], options: 
 
     scp_status = 0
     scp = ScpStream(token, sends)
-    link_iter = iter(links)
     prep_error: str | None = None
     for name in expected_ops:
         if name == "scp":
             if prep_error:
                 break  # the script refuses to run scp after a failed mkdir, and exits
-            send_scp(stream, scp, options.progress, label)
+            send_scp(stream, scp, new_dirs, options.progress, label)
         try:
             if name == "scp":
                 read_scp_answers(stream, scp)
@@ -424,10 +433,6 @@ def _apply(c, stream: Stream, plan: HostPlan, mappings: list[Mapping], options: 
         message = _message(before)
         if op == "scp":
             scp_status = status
-        elif op == "ln":
-            link = next(link_iter)
-            if status:
-                failed[id(link)] = f"cannot create the link: {message}"
         elif status and op in ("mkdir", "mkparent"):
             prep_error = prep_error or f"cannot create the remote folders: {message or 'mkdir failed'}"
         elif status:
@@ -435,11 +440,15 @@ def _apply(c, stream: Stream, plan: HostPlan, mappings: list[Mapping], options: 
 
     if prep_error:
         log.error("%s", prep_error)
-    elif sends and options.protocol == "sftp":
-        _send_sftp(c, plan, sends, failed, options, label)
+    elif (sends or new_dirs) and options.protocol == "sftp":
+        _send_sftp(c, sends, new_dirs, failed, options, label)
     failed.update(scp.failed)
     if use_scp:
         reason = prep_error or scp.broken or stream.failure(f"the transfer stopped (scp status {scp_status})")
+        if scp.broken or scp_status:
+            # A new folder the sink never made: nothing can be moved in it.
+            for record in (r for p in plan.mappings for r in p.result.files if r.action == "mkdir"):
+                record.action, record.reason = "fail", reason
         acked = scp.acked()
         for send in sends:
             if id(send) not in acked:
@@ -450,10 +459,10 @@ def _apply(c, stream: Stream, plan: HostPlan, mappings: list[Mapping], options: 
         stream.chan.close()
         stream = _open_script(c, token, "ops", mappings, label)
         markers = Markers(stream, token)
-    _commit(stream, markers, plan, sends + links, failed, label, prep_error)
+    _commit(stream, markers, plan, sends, links, failed, label, prep_error)
 
 
-def _send_sftp(c, plan: HostPlan, sends: list[Send], failed: dict[int, str], options: SyncOptions,
+def _send_sftp(c, sends: list[Send], new_dirs: list[NewDir], failed: dict[int, str], options: SyncOptions,
                label: str) -> None:
     """The SFTP alternative to the SCP stream: same staging folders, same commit."""
     try:
@@ -462,11 +471,15 @@ def _send_sftp(c, plan: HostPlan, sends: list[Send], failed: dict[int, str], opt
         for send in sends:
             failed[id(send)] = f"the server offers no SFTP ({exc}): set protocol = scp"
         return
-    staging = staging_name(plan.token)
     done_files = done_bytes = 0
     with sftp:
+        for new_dir in sorted(new_dirs, key=lambda d: _components(d.stage)):
+            try:
+                sftp.mkdir(new_dir.stage, 0o700)
+            except (OSError, paramiko.SSHException) as exc:
+                raise RemoteError(f"sftp: cannot create {new_dir.stage}: {exc}", host=label) from None
         for send in sends:
-            path = posixpath.join(send.folder, staging, send.name)
+            path = posixpath.join(send.stage, send.name)
             entry = send.local
             try:
                 sftp.put(entry.path, path, confirm=True)
@@ -478,27 +491,41 @@ def _send_sftp(c, plan: HostPlan, sends: list[Send], failed: dict[int, str], opt
             done_bytes += entry.size
             if options.progress:
                 options.progress(label, done_files, done_bytes)
+        # Deepest first: a folder without write permission is closed last.
+        for new_dir in sorted(new_dirs, key=lambda d: -d.stage.count("/")):
+            sftp.chmod(new_dir.stage, new_dir.mode & 0o7777)
 
 
-def _commit(stream: Stream, markers: Markers, plan: HostPlan, moved: list[Send], failed: dict[int, str],
-            label: str, prep_error: str | None = None) -> None:
-    """Move what arrived into place, then chmod, touch, delete and clean up.
+def _commit(stream: Stream, markers: Markers, plan: HostPlan, sends: list[Send], links: list[Send],
+            failed: dict[int, str], label: str, prep_error: str | None = None) -> None:
+    """Make links, move what arrived into place, then chmod, touch, delete and
+    clean up.
 
     After a failed preparation only the clean-up runs: the folders the rest
     would work on may not exist.
     """
     log = get_logger(label)
     ops = Ops(plan.token)
+    staging = staging_name(plan.token)
+    new_dirs = [d for p in plan.mappings for d in p.new_dirs]
     mv_groups: list[tuple[str, list[Send]]] = []
     if not prep_error:
-        staging = staging_name(plan.token)
+        for link in links:
+            ops.ln(link.local.link, posixpath.join(link.stage, link.name))
         # A staging folder must hold only what arrived whole: drop the rest.
-        ops.rm([posixpath.join(s.folder, staging, s.name) for s in moved if id(s) in failed])
-        ordered = sorted((s for s in moved if id(s) not in failed), key=lambda s: s.folder)
-        for folder, group in groupby(ordered, key=lambda s: s.folder):
-            group = list(group)
-            mv_groups.append((folder, group))
-            ops.mv(folder, len(group))
+        ops.rm([posixpath.join(s.stage, s.name) for s in sends if id(s) in failed])
+        moving = [s for s in sends if id(s) not in failed] + links
+        # How many names each staging folder holds directly (files inside a
+        # new folder travel with it).
+        children: dict[str, int] = {}
+        for host, parent in [(s.host, s.stage) for s in moving] + [(d.host, posixpath.dirname(d.stage))
+                                                                    for d in new_dirs]:
+            if parent == posixpath.join(host, staging):
+                children[host] = children.get(host, 0) + 1
+        for host in plan.hosts:
+            group = [s for s in moving if s.host == host]
+            mv_groups.append((host, group))
+            ops.mv(host, children.get(host, 0))
         by_mode: dict[int, list[str]] = {}
         for mapping_plan in plan.mappings:
             for mode, path in mapping_plan.chmods:
@@ -520,31 +547,36 @@ def _commit(stream: Stream, markers: Markers, plan: HostPlan, moved: list[Send],
     if not stream.send(ops.take()):
         raise RemoteError(stream.failure("the connection closed before the commit"), host=label)
 
+    link_iter = iter(links)
     mv_iter = iter(mv_groups)
     problems: dict[str, str] = {}
     for index, name in enumerate(names):
         before, op, status = markers.next()
         message = _message(before)
-        if op == "mv":
+        if op == "ln":
+            link = next(link_iter)
+            if status:
+                failed[id(link)] = f"cannot create the link: {message}"
+        elif op == "mv":
             folder, group = next(mv_iter)
             if status:
                 for send in group:
                     lines = [l for l in message.split("; ") if send.name in l]
-                    failed[id(send)] = lines[-1] if lines else f"cannot move into {folder}: {message}"
+                    failed.setdefault(id(send), lines[-1] if lines else f"cannot move into {folder}: {message}")
         elif status and index == cleanup_index:
             (log.debug if prep_error else log.warning)("could not remove the temporary folders: %s", message)
         elif status and op != "q":
             problems.setdefault(op, f"{op} failed: {message or 'status ' + str(status)}")
 
-    for send in moved:
+    for send in sends + links:
         if id(send) in failed:
             send.result.action = "fail"
             send.result.reason = failed[id(send)]
             log.error("%s: %s", send.result.path, send.result.reason)
     if prep_error:
-        problems = {op: prep_error for op in ("chmod", "touch", "rm")}
+        problems = {op: prep_error for op in ("chmod", "touch", "rm", "mkdir")}
     for op, problem in problems.items():
-        kinds = {"chmod": ("chmod", "mkdir"), "touch": ("touch",), "rm": ("delete",)}.get(op, ())
+        kinds = {"chmod": ("chmod",), "touch": ("touch",), "rm": ("delete",), "mkdir": ("mkdir",)}.get(op, ())
         for mapping_plan in plan.mappings:
             for record in mapping_plan.result.files:
                 if record.action in kinds:
