@@ -122,7 +122,8 @@ class Bench:
         ratio = a / b
         self.rows.append((case, f"{a:.3f}s", f"{b:.3f}s", reference, f"{ratio:.2f}", f"<= {target}",
                           "ok" if ratio <= target else "MISSED"))
-        print(f"  {case}: synctasks {a:.3f}s vs {reference} {b:.3f}s -> ratio {ratio:.2f} (target <= {target})",
+        print(f"  {case}: synctasks {a:.3f}s vs {reference} {b:.3f}s -> ratio {ratio:.2f} (target <= {target})"
+              f"   [runs: {' '.join(f'{x:.3f}' for x in ours)} | {' '.join(f'{x:.3f}' for x in theirs)}]",
               flush=True)
         return a
 

@@ -94,7 +94,9 @@ while IFS= read -r line; do
   mkparent) umask 022; batch 'mkdir -p --' '' '' 2>&1; rc=$?; umask 077; [ $rc = 0 ] || bad=1; mark mkparent $rc ;;
   ln) IFS= read -r target; IFS= read -r path; ln -s -- "$target" "$path" 2>&1; mark ln $? ;;
   scp) if [ $bad = 1 ]; then mark scp 99; exit 99; fi
-    IFS= read -r acks; umask 0; scp -r -t -- / >"$acks"; rc=$?; umask 077; cat "$acks"; rm -f "$acks"; mark scp $rc; [ $rc = 0 ] || exit $rc ;;
+    IFS= read -r acks; IFS= read -r size
+    case $size in *[!0-9]*|'') mark bad 3; exit 3 ;; esac
+    umask 0; head -c "$size" | scp -r -t -- / >"$acks"; rc=$?; umask 077; cat "$acks"; rm -f "$acks"; mark scp $rc; [ $rc = 0 ] || exit $rc ;;
   mv) IFS= read -r dst; IFS= read -r many; moveall "$dst/$P$t" "$dst" "$many" 2>&1; mark mv $? ;;
   chmod) IFS= read -r bits
     case $bits in *[!0-7]*|'') mark bad 3; exit 3 ;; esac
@@ -225,8 +227,9 @@ class Ops:
     def ln(self, target: str, path: str) -> None:
         self._op("ln", target, path)
 
-    def scp(self, acks: str) -> None:
-        self._op("scp", acks)
+    def scp(self, acks: str, size: int) -> None:
+        """Run the SCP sink on the next ``size`` bytes; its answers go to ``acks``."""
+        self._op("scp", acks, str(size))
 
     def mv(self, folder: str, count: int) -> None:
         """Move every file of ``folder``'s staging folder into ``folder``."""

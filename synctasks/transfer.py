@@ -243,7 +243,50 @@ def _read_exactly(fd: int, size: int) -> bytes | None:
     return b"".join(parts)
 
 
-def send_scp(stream: Stream, scp: ScpStream, new_dirs: list[NewDir], progress=None, label: str = "") -> None:
+def scp_records(scp: ScpStream, new_dirs: list[NewDir]) -> tuple[list[tuple[bytes, Send | None]], int]:
+    """The SCP stream as (header, file or None) records, and its exact length.
+
+    The length is known before a byte is sent (a file that cannot be read
+    when its turn comes is padded to its announced size and never committed),
+    so the script can hand the sink exactly the stream and no more.
+    """
+    records: list[tuple[bytes, Send | None]] = []
+    expected = scp.expected
+    expected.append(("ready", None))
+    current: list[bytes] = []
+    modes = {tuple(_components(d.stage)): d.mode & 0o7777 for d in new_dirs}
+    visits: dict[str, list[Send]] = {d.stage: [] for d in new_dirs}
+    for send in scp.sends:
+        visits.setdefault(send.stage, []).append(send)
+    total = 0
+    # Parents sort before their children: each new folder is made before
+    # anything goes into it, and empty new folders are made too.
+    for stage in sorted(visits, key=_components):
+        out = bytearray()
+        _navigate(current, _components(stage), out, expected, modes)
+        if out:
+            records.append((bytes(out), None))
+            total += len(out)
+        for send in visits[stage]:
+            entry = send.local
+            seconds, nanos = divmod(entry.mtime_ns, 1_000_000_000)
+            a_seconds, a_nanos = divmod(entry.atime_ns, 1_000_000_000)
+            header = (b"T%d %d %d %d\n" % (seconds, nanos // 1000, a_seconds, a_nanos // 1000)
+                      + b"C%04o %d " % (entry.mode & 0o7777, entry.size)
+                      + send.name.encode("utf-8", "surrogateescape") + b"\n")
+            expected.extend((("T", send), ("C", send), ("data", send)))
+            records.append((header, send))
+            total += len(header) + entry.size + 1
+    out = bytearray()
+    _navigate(current, [], out, expected, modes)
+    out += b"E\n"
+    expected.append(("nav", None))
+    records.append((bytes(out), None))
+    return records, total + len(out)
+
+
+def send_scp(stream: Stream, scp: ScpStream, records: list[tuple[bytes, Send | None]], progress=None,
+             label: str = "") -> None:
     """Write the whole SCP stream; the sink's answers are read at the end.
 
     The script keeps the sink's answers in a file until the sink exits: one
@@ -251,14 +294,7 @@ def send_scp(stream: Stream, scp: ScpStream, new_dirs: list[NewDir], progress=No
     Python on this side while the stream is still being sent.
     """
     out = bytearray()
-    expected = scp.expected
-    expected.append(("ready", None))
-    current: list[bytes] = []
     done_files = done_bytes = 0
-    modes = {tuple(_components(d.stage)): d.mode & 0o7777 for d in new_dirs}
-    visits: dict[str, list[Send]] = {d.stage: [] for d in new_dirs}
-    for send in scp.sends:
-        visits.setdefault(send.stage, []).append(send)
 
     def flush() -> bool:
         if out:
@@ -268,51 +304,39 @@ def send_scp(stream: Stream, scp: ScpStream, new_dirs: list[NewDir], progress=No
         stream.pump(block=False)
         return not stream.eof
 
-    # Parents sort before their children: each new folder is made before
-    # anything goes into it, and empty new folders are made too.
-    for stage in sorted(visits, key=_components):
-        _navigate(current, _components(stage), out, expected, modes)
-        for send in visits[stage]:
+    for header, send in records:
+        out += header
+        if send is not None:
             entry = send.local
+            remaining = entry.size
             try:
                 fd = os.open(entry.path, os.O_RDONLY)
             except OSError as exc:
                 scp.failed[id(send)] = f"cannot read {entry.path}: {exc.strerror}"
-                continue
+                fd = None
             try:
-                size = entry.size
-                seconds, nanos = divmod(entry.mtime_ns, 1_000_000_000)
-                a_seconds, a_nanos = divmod(entry.atime_ns, 1_000_000_000)
-                out += b"T%d %d %d %d\n" % (seconds, nanos // 1000, a_seconds, a_nanos // 1000)
-                out += b"C%04o %d " % (entry.mode & 0o7777, size) + send.name.encode("utf-8", "surrogateescape") + b"\n"
-                expected.append(("T", send))
-                expected.append(("C", send))
-                remaining = size
                 while remaining:
                     want = min(CHUNK, remaining)
-                    chunk = _read_exactly(fd, want)
+                    chunk = _read_exactly(fd, want) if fd is not None else None
                     if chunk is None:
-                        # The file shrank while we read it: keep the stream in
-                        # step with the size we announced, and never commit it.
-                        scp.failed[id(send)] = "the file changed while it was sent: run the sync again"
+                        # Unreadable, or shrank while we read it: keep the
+                        # stream in step with the size announced; never commit.
+                        scp.failed.setdefault(id(send), "the file changed while it was sent: run the sync again")
                         chunk = bytes(want)
                     out += chunk
                     remaining -= want
                     if len(out) >= FLUSH and not flush():
                         return
-                out += b"\0"
-                expected.append(("data", send))
             finally:
-                os.close(fd)
+                if fd is not None:
+                    os.close(fd)
+            out += b"\0"
             done_files += 1
-            done_bytes += size
+            done_bytes += entry.size
             if progress:
                 progress(label, done_files, done_bytes)
-            if len(out) >= FLUSH and not flush():
-                return
-    _navigate(current, [], out, expected, modes)
-    out += b"E\n"
-    expected.append(("nav", None))
+        if len(out) >= FLUSH and not flush():
+            return
     flush()
 
 
@@ -408,20 +432,24 @@ def _apply(c, stream: Stream, plan: HostPlan, mappings: list[Mapping], options: 
     ops.mkdir(plan.staging_dirs())
     new_dirs = [d for p in plan.mappings for d in p.new_dirs]
     use_scp = bool(sends or new_dirs) and options.protocol == "scp"
+    scp = ScpStream(token, sends)
     if use_scp:
-        ops.scp(posixpath.join(plan.staging_dirs()[0], staging + ".acks"))
+        records, length = scp_records(scp, new_dirs)
+        ops.scp(posixpath.join(plan.staging_dirs()[0], staging + ".acks"), length)
     expected_ops = list(ops.names)
     stream.send(ops.take())
     markers = Markers(stream, token)
 
     scp_status = 0
-    scp = ScpStream(token, sends)
+    if use_scp:
+        # Right behind the operations, without waiting for their outcome: if
+        # a folder cannot be made, the script refuses to start scp and exits,
+        # and whatever of the stream arrived is thrown away with the channel.
+        send_scp(stream, scp, records, options.progress, label)
     prep_error: str | None = None
     for name in expected_ops:
-        if name == "scp":
-            if prep_error:
-                break  # the script refuses to run scp after a failed mkdir, and exits
-            send_scp(stream, scp, new_dirs, options.progress, label)
+        if name == "scp" and prep_error:
+            break
         try:
             if name == "scp":
                 read_scp_answers(stream, scp)
