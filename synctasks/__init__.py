@@ -1,21 +1,37 @@
 """synctasks: push files and folders from one machine to many SSH hosts, as
 Fabric tasks, over SCP: incremental, atomic, parallel.
 
-The public names are re-exported here; see the README for the API.
+The public names are re-exported here (loaded on first use, so the console
+script starts without importing what it does not need); see the README.
 """
 
-from .errors import (AuthError, ConnectError, HostKeyError, InputError, RemoteError, SyncFailed, SyncTasksError,
-                     UnsafeDestError)
-from .inputs import HostEntry, Inventory, Mapping, Settings, load_inventory, load_settings
-from .results import FileResult, GroupResult, HostResult, MappingResult
-from .runner import check_hosts, sync_host, sync_inventory
-from .transfer import SyncOptions
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AuthError", "ConnectError", "FileResult", "GroupResult", "HostEntry", "HostKeyError", "HostResult",
-    "InputError", "Inventory", "Mapping", "MappingResult", "RemoteError", "Settings", "SyncFailed",
-    "SyncOptions", "SyncTasksError", "UnsafeDestError", "check_hosts", "load_inventory", "load_settings",
-    "sync_host", "sync_inventory",
-]
+#: public name -> the module that defines it
+_EXPORTS = {
+    "AuthError": "errors", "ConnectError": "errors", "HostKeyError": "errors", "InputError": "errors",
+    "RemoteError": "errors", "SyncFailed": "errors", "SyncTasksError": "errors", "UnsafeDestError": "errors",
+    "HostEntry": "inputs", "Inventory": "inputs", "Mapping": "inputs", "Settings": "inputs",
+    "load_inventory": "inputs", "load_settings": "inputs",
+    "FileResult": "results", "GroupResult": "results", "HostResult": "results", "MappingResult": "results",
+    "check_hosts": "runner", "sync_host": "runner", "sync_inventory": "runner",
+    "SyncOptions": "transfer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'synctasks' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

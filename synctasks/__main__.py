@@ -1,5 +1,5 @@
 """``python -m synctasks``: the console script."""
 
-from .cli import console
+from .console import main
 
-console()
+main()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -86,7 +85,7 @@ def print_summary(group: GroupResult, out, dry_run: bool = False) -> None:
 
 def run_sync(config: str | None = None, *, only=None, dry_run: bool = False, delete: bool | None = None,
              checksum: bool = False, json_path: str | None = None, quiet: bool = False, verbose: bool = False,
-             force: bool = False, out=None) -> int:
+             force: bool = False, out=None, lightweight: bool = False) -> int:
     out = out or sys.stdout
     started = time.monotonic()
     try:
@@ -111,7 +110,7 @@ def run_sync(config: str | None = None, *, only=None, dry_run: bool = False, del
                   f" {_human_bytes(result.bytes)}, {result.seconds:.2f}s)", file=out)
 
     group = sync_inventory(inventory=inventory, only=only, dry_run=dry_run, delete=delete, checksum=checksum,
-                           force=force, on_result=on_result)
+                           force=force, on_result=on_result, lightweight=lightweight)
     seconds = time.monotonic() - started
     if json_path:
         Path(json_path).write_text(json.dumps(group.to_dict(seconds, inventory.warnings), indent=2) + "\n")
@@ -150,7 +149,7 @@ def run_validate(config: str | None = None, out=None) -> int:
     return K.EXIT_OK
 
 
-def run_check(config: str | None = None, only=None, out=None) -> int:
+def run_check(config: str | None = None, only=None, out=None, lightweight: bool = False) -> int:
     out = out or sys.stdout
     try:
         inventory = _load(config)
@@ -159,7 +158,7 @@ def run_check(config: str | None = None, only=None, out=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         close_logging()
         return K.EXIT_BAD_INPUT
-    status = check_hosts(inventory, only)
+    status = check_hosts(inventory, only, lightweight)
     for host, error in status.items():
         print(f"{host}: {'ok (host key and login verified)' if error is None else 'FAILED: ' + error}", file=out)
     close_logging()
@@ -197,7 +196,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, lightweight: bool = False) -> int:
+    """Parse ``argv`` and run; ``lightweight`` connects with paramiko alone."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not any(a in COMMANDS or a in ("-h", "--help") for a in argv):
         argv.insert(0, "sync")  # sync is the default command
@@ -205,31 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "validate":
         return run_validate(args.config)
     if args.command == "check":
-        return run_check(args.config, args.only)
+        return run_check(args.config, args.only, lightweight=lightweight)
     return run_sync(args.config, only=args.only, dry_run=getattr(args, "dry_run", False) or args.command == "plan",
                     delete=args.delete, checksum=args.checksum, json_path=args.json_path, quiet=args.quiet,
-                    verbose=args.verbose, force=args.force)
-
-
-def console() -> None:
-    """The ``synctasks`` console script: main(), then a fast exit.
-
-    Everything is flushed and closed first; skipping the interpreter's
-    teardown (module cleanup, thread bookkeeping) saves tens of milliseconds,
-    which a no-op sync in a CI loop notices.
-    """
-    try:
-        status = main()
-    except KeyboardInterrupt:
-        status = 130
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    logging.shutdown()
-    os._exit(status)
+                    verbose=args.verbose, force=args.force, lightweight=lightweight)
 
 
 if __name__ == "__main__":
-    console()
+    sys.exit(main())

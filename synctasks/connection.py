@@ -1,4 +1,10 @@
-"""Fabric Connections built from connection_info.json, with host keys checked.
+"""Connections built from connection_info.json, with host keys checked.
+
+Fabric tasks and the Python API get Fabric ``Connection`` objects. The
+console script gets :class:`SshConnection`, the same thing on paramiko alone
+(same ssh_config keys, same host-key policy), because importing Fabric and
+Invoke costs a tenth of a second at every start; it falls back to Fabric for
+hosts whose ssh_config entry needs a ProxyJump or ProxyCommand.
 
 Fabric 3 gives every Connection paramiko's ``AutoAddPolicy`` and never loads
 known_hosts, so it trusts any server. :func:`apply_host_key_policy` replaces
@@ -14,13 +20,14 @@ known_hosts line to fix.
 
 from __future__ import annotations
 
+import getpass
+import os
 import socket
 import threading
 import time
 from pathlib import Path
 
 import paramiko
-from fabric import Config, Connection
 from paramiko.hostkeys import HostKeyEntry, HostKeys
 
 from .errors import AuthError, ConnectError, HostKeyError
@@ -93,8 +100,7 @@ def _keyscan_args(hostname: str) -> str:
     return hostname
 
 
-def apply_host_key_policy(c: Connection, policy: str = "strict", known_hosts: Path | None = None,
-                          label: str | None = None) -> Connection:
+def apply_host_key_policy(c, policy: str = "strict", known_hosts: Path | None = None, label: str | None = None):
     """Replace Fabric's AutoAddPolicy with ``policy`` against ``known_hosts``."""
     label = label or c.original_host
     known_hosts = known_hosts or Path("~/.ssh/known_hosts").expanduser()
@@ -146,8 +152,75 @@ def _fast_transport(sock, *args, **kwargs) -> paramiko.Transport:
     return transport
 
 
-def build_connection(host: HostEntry, settings: Settings) -> Connection:
-    """A (not yet opened) Fabric Connection for one connection_info entry."""
+#: ssh_config files, as Fabric reads them.
+SSH_CONFIGS = (Path("/etc/ssh/ssh_config"), Path("~/.ssh/config").expanduser())
+
+
+def load_ssh_config() -> paramiko.SSHConfig:
+    config = paramiko.SSHConfig()
+    for path in SSH_CONFIGS:
+        try:
+            with open(path) as handle:
+                config.parse(handle)
+        except OSError:
+            continue
+    return config
+
+
+class SshConnection:
+    """What synctasks uses of a Fabric Connection, on paramiko alone."""
+
+    def __init__(self, host: str, user: str | None = None, port: int | None = None,
+                 connect_timeout: int | None = None, connect_kwargs: dict | None = None,
+                 ssh_config: paramiko.SSHConfig | None = None):
+        found = (ssh_config or load_ssh_config()).lookup(host)
+        #: ssh_config data for the host (as Fabric's ``Connection.ssh_config``).
+        self.ssh_config = found
+        self.original_host = host
+        self.host = found.get("hostname", host)
+        self.user = user or found.get("user") or getpass.getuser()
+        self.port = port or int(found.get("port", 22))
+        self.connect_timeout = connect_timeout
+        self.connect_kwargs = dict(connect_kwargs or {})
+        if "identityfile" in found and "key_filename" not in self.connect_kwargs:
+            self.connect_kwargs["key_filename"] = [os.path.expanduser(p) for p in found["identityfile"]]
+        self.client = paramiko.SSHClient()
+        self.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        self.transport: paramiko.Transport | None = None
+
+    @property
+    def needs_fabric(self) -> bool:
+        return "proxyjump" in self.ssh_config or "proxycommand" in self.ssh_config
+
+    @property
+    def is_connected(self) -> bool:
+        return self.transport.active if self.transport else False
+
+    def open(self) -> None:
+        if self.is_connected:
+            return
+        self.client.connect(hostname=self.host, port=self.port, username=self.user, timeout=self.connect_timeout,
+                            **self.connect_kwargs)
+        self.transport = self.client.get_transport()
+
+    def close(self) -> None:
+        self.client.close()
+        self.transport = None
+
+    def __enter__(self) -> "SshConnection":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<SshConnection {self.user}@{self.host}:{self.port}>"
+
+
+def build_connection(host: HostEntry, settings: Settings, lightweight: bool = False):
+    """A (not yet opened) connection for one connection_info entry: a Fabric
+    Connection, or with ``lightweight`` an :class:`SshConnection` (unless
+    the host needs Fabric's gateway support)."""
     connect_kwargs: dict = {
         "transport_factory": _fast_transport,
         "banner_timeout": settings.connect_timeout,
@@ -163,18 +236,21 @@ def build_connection(host: HostEntry, settings: Settings) -> Connection:
             connect_kwargs["allow_agent"] = False
     if host.key_filename:
         connect_kwargs["key_filename"] = [host.key_filename]
-    c = Connection(
-        host.name,
-        user=host.user,
-        port=host.port,
-        connect_timeout=int(settings.connect_timeout),
-        connect_kwargs=connect_kwargs,
-        config=Config(),
-    )
+    c = None
+    if lightweight:
+        c = SshConnection(host.name, user=host.user, port=host.port, connect_timeout=int(settings.connect_timeout),
+                          connect_kwargs=connect_kwargs)
+        if c.needs_fabric:
+            c = None
+    if c is None:
+        from fabric import Config, Connection
+
+        c = Connection(host.name, user=host.user, port=host.port, connect_timeout=int(settings.connect_timeout),
+                       connect_kwargs=connect_kwargs, config=Config())
     return apply_host_key_policy(c, settings.host_key_policy, settings.known_hosts, host.name)
 
 
-def open_connection(c: Connection, label: str, retries: int = 0, backoff: float = 0.5) -> Connection:
+def open_connection(c, label: str, retries: int = 0, backoff: float = 0.5):
     """Open ``c``, retrying transient network errors; raise typed errors."""
     log = get_logger(label)
     attempt = 0
@@ -191,7 +267,7 @@ def open_connection(c: Connection, label: str, retries: int = 0, backoff: float 
             time.sleep(delay)
 
 
-def _open_once(c: Connection, label: str) -> None:
+def _open_once(c, label: str) -> None:
     log = get_logger(label)
     started = time.monotonic()
     try:
@@ -230,12 +306,12 @@ def _open_once(c: Connection, label: str) -> None:
               time.monotonic() - started, c.transport.remote_cipher)
 
 
-def _known_hosts_path(c: Connection) -> Path | None:
+def _known_hosts_path(c) -> Path | None:
     policy = c.client._policy
     return getattr(policy, "known_hosts", None)
 
 
-def _close_quietly(c: Connection) -> None:
+def _close_quietly(c) -> None:
     try:
         c.close()
     except Exception:

@@ -21,8 +21,6 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Iterable
 
-from fabric import Connection
-
 from . import constants as K
 from .connection import apply_host_key_policy, build_connection, open_connection
 from .errors import InputError, SyncFailed, SyncTasksError
@@ -30,7 +28,7 @@ from .inputs import HostEntry, Inventory, Mapping, Settings, load_inventory, res
 from .logger import get_logger
 from .plan import LocalTrees
 from .results import GroupResult, HostResult
-from .transfer import SyncOptions, sync_connection
+from .transfer import SyncOptions, remote_status, sync_connection
 
 
 def options_from(settings: Settings, **flags: Any) -> SyncOptions:
@@ -65,7 +63,7 @@ def _as_mappings(mappings: Iterable[Mapping | dict], base_dir: Path) -> list[Map
     return resolved
 
 
-def sync_host(c: Connection, mappings: Iterable[Mapping | dict], *, settings: Settings | None = None,
+def sync_host(c, mappings: Iterable[Mapping | dict], *, settings: Settings | None = None,
               options: SyncOptions | None = None, base_dir: str | os.PathLike | None = None,
               **flags: Any) -> HostResult:
     """Sync ``mappings`` (``{"src", "dest"}`` dicts or Mapping records) to the
@@ -106,10 +104,10 @@ def select_hosts(hosts: list[HostEntry], only: str | Iterable[str] | None) -> li
 
 
 def _sync_entry(host: HostEntry, mappings: list[Mapping], settings: Settings, options: SyncOptions,
-                trees: LocalTrees) -> HostResult:
+                trees: LocalTrees, lightweight: bool = False) -> HostResult:
     log = get_logger(host.name)
     started = time.monotonic()
-    c = build_connection(host, settings)
+    c = build_connection(host, settings, lightweight)
     try:
         open_connection(c, host.name, settings.retries)
         result = sync_connection(c, mappings, options, host.name, trees)
@@ -140,12 +138,13 @@ def _sync_entry(host: HostEntry, mappings: list[Mapping], settings: Settings, op
 
 def sync_inventory(config_path: str | os.PathLike | None = None, *, inventory: Inventory | None = None,
                    only: str | Iterable[str] | None = None, raise_on_failure: bool = False,
-                   on_result=None, **flags: Any) -> GroupResult:
+                   on_result=None, lightweight: bool = False, **flags: Any) -> GroupResult:
     """Sync every host of the inventory (at most ``connections`` at once).
 
     One host failing never stops the others. Returns a GroupResult; with
     ``raise_on_failure`` a run with failed hosts raises SyncFailed instead.
     ``on_result(HostResult)`` is called as each host finishes.
+    ``lightweight`` connects with paramiko alone (the console script's way).
     """
     inventory = inventory or load_inventory(config_path)
     settings = inventory.settings
@@ -159,7 +158,8 @@ def sync_inventory(config_path: str | os.PathLike | None = None, *, inventory: I
     # Walk the local trees while the connections are being made.
     trees.prefetch([m for h in hosts for m in inventory.mappings[h.name]])
     with ThreadPoolExecutor(max_workers=max(1, min(settings.connections, len(hosts) or 1))) as pool:
-        futures = [pool.submit(_sync_entry, h, inventory.mappings[h.name], settings, options, trees) for h in hosts]
+        futures = [pool.submit(_sync_entry, h, inventory.mappings[h.name], settings, options, trees, lightweight)
+                   for h in hosts]
         for host, future in zip(hosts, futures):
             result = future.result()
             group[host.name] = result
@@ -170,17 +170,17 @@ def sync_inventory(config_path: str | os.PathLike | None = None, *, inventory: I
     return group
 
 
-def check_hosts(inventory: Inventory, only=None) -> dict[str, str | None]:
+def check_hosts(inventory: Inventory, only=None, lightweight: bool = False) -> dict[str, str | None]:
     """Connect to every host (host key and login checked); host -> error or None."""
     settings = inventory.settings
     hosts = select_hosts(inventory.hosts, only)
 
     def probe(host: HostEntry) -> str | None:
-        c = build_connection(host, settings)
+        c = build_connection(host, settings, lightweight)
         try:
             open_connection(c, host.name, settings.retries)
-            c.run("true", hide=True, in_stream=False)
-            return None
+            status = remote_status(c, "true")
+            return None if status == 0 else f"the remote shell does not run commands (status {status})"
         except SyncTasksError as exc:
             return str(exc).removeprefix(f"{host.name}: ")
         except Exception as exc:

@@ -1,4 +1,4 @@
-"""Sync one host over an open Fabric Connection: list, plan, send, commit.
+"""Sync one host over an open connection: list, plan, send, commit.
 
 The whole exchange is one remote command (see :mod:`synctasks.remote`):
 
@@ -356,6 +356,17 @@ def read_scp_answers(stream: Stream, scp: ScpStream) -> None:
 # --------------------------------------------------------------------------
 # One host
 # --------------------------------------------------------------------------
+def remote_status(c, command: str, timeout: float = STALL_TIMEOUT) -> int:
+    """Run ``command`` remotely and return its exit status."""
+    chan = c.transport.open_session(timeout=timeout)
+    try:
+        chan.settimeout(timeout)
+        chan.exec_command(command)
+        return chan.recv_exit_status()
+    finally:
+        chan.close()
+
+
 def _open_script(c, token: str, mode: str, mappings: list[Mapping], label: str) -> Stream:
     chan = c.transport.open_session()
     chan.exec_command(command(token, mode, [(m.is_dir, m.dest) for m in mappings]))
