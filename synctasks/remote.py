@@ -96,7 +96,8 @@ while IFS= read -r line; do
   scp) if [ $bad = 1 ]; then mark scp 99; exit 99; fi
     IFS= read -r acks; IFS= read -r size
     case $size in *[!0-9]*|'') mark bad 3; exit 3 ;; esac
-    umask 0; head -c "$size" | scp -r -t -- / >"$acks"; rc=$?; umask 077; cat "$acks"; rm -f "$acks"; mark scp $rc; [ $rc = 0 ] || exit $rc ;;
+    umask 0
+    if [ "$size" = 0 ]; then scp -r -t -- / >"$acks"; else head -c "$size" | scp -r -t -- / >"$acks"; fi; rc=$?; umask 077; cat "$acks"; rm -f "$acks"; mark scp $rc; [ $rc = 0 ] || exit $rc ;;
   mv) IFS= read -r dst; IFS= read -r many; moveall "$dst/$P$t" "$dst" "$many" 2>&1; mark mv $? ;;
   chmod) IFS= read -r bits
     case $bits in *[!0-7]*|'') mark bad 3; exit 3 ;; esac
@@ -228,7 +229,9 @@ class Ops:
         self._op("ln", target, path)
 
     def scp(self, acks: str, size: int) -> None:
-        """Run the SCP sink on the next ``size`` bytes; its answers go to ``acks``."""
+        """Run the SCP sink; its answers go to ``acks``. With ``size`` > 0 the
+        sink is fed through ``head -c size``, which takes the stream from sshd
+        in big reads (the sink reads its records a byte at a time)."""
         self._op("scp", acks, str(size))
 
     def mv(self, folder: str, count: int) -> None:
