@@ -26,7 +26,7 @@ DELETING = "*deleting  "
 NAME_MAX = 255
 
 
-@dataclass
+@dataclass(slots=True)
 class LocalEntry:
     rel: str  #: path below the mapping root, "/"-separated ("" for the root)
     kind: str  #: f, d or l
@@ -38,11 +38,12 @@ class LocalEntry:
     link: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class Send:
+    """A file (or link) to put at ``result.path``. Kept small: a run to many
+    hosts holds one per file per host."""
+
     local: LocalEntry
-    folder: str  #: remote folder the file lands in
-    name: str  #: final file name in that folder
     result: FileResult
     #: Where the file is written first: a staging folder, or a folder inside
     #: one when the file belongs to a folder that is new on the remote side.
@@ -50,8 +51,18 @@ class Send:
     #: The existing remote folder whose staging folder holds it (its commit).
     host: str = ""
 
+    @property
+    def name(self) -> str:
+        """Final file name."""
+        return self.result.path.rpartition("/")[2]
 
-@dataclass
+    @property
+    def folder(self) -> str:
+        """Remote folder the file lands in."""
+        return self.result.path.rpartition("/")[0] or "/"
+
+
+@dataclass(slots=True)
 class NewDir:
     """A folder missing remotely: it is built inside a staging folder and
     renamed into place with everything in it."""
@@ -268,12 +279,15 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
     building: dict[str, tuple[str, str]] = {}
     blocked: list[str] = []
 
-    def place(folder: str, name: str) -> tuple[str, str]:
-        """(stage, host) for something named ``name`` in remote ``folder``."""
-        if folder in building:
-            stage, host = building[folder]
-            return stage, host
-        return posixpath.join(folder, staging), folder
+    placed: dict[str, tuple[str, str]] = {}
+
+    def place(folder: str) -> tuple[str, str]:
+        """(stage, host) for what goes into remote ``folder`` (one shared pair
+        of strings per folder: a run to many hosts holds one per file)."""
+        found = placed.get(folder)
+        if found is None:
+            found = placed[folder] = building.get(folder) or (posixpath.join(folder, staging), folder)
+        return found
 
     for entry in local:
         path = posixpath.join(dest, entry.rel) if entry.rel else dest
@@ -295,7 +309,7 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
                     plan.removes.append(path)
                 elif not entry.rel:
                     plan.mkparent.append(folder)
-                stage, host = place(folder, name)
+                stage, host = place(folder)
                 stage = posixpath.join(stage, name)
                 building[path] = (stage, host)
                 plan.new_dirs.append(NewDir(path, stage, entry.mode, host))
@@ -321,7 +335,7 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
             else:
                 record = FileResult(path, "link", "new" if there is None else "changed", flags=NEW_LINK)
                 files.append(record)
-                plan.links.append(Send(entry, folder, name, record, *place(folder, name)))
+                plan.links.append(Send(entry, record, *place(folder)))
             continue
         reason, flags = _compare_file(entry, there, compare)
         if reason == "unchanged":
@@ -338,7 +352,7 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
         else:
             record = FileResult(path, "send", reason, entry.size, flags=flags)
             files.append(record)
-            plan.sends.append(Send(entry, folder, name, record, *place(folder, name)))
+            plan.sends.append(Send(entry, record, *place(folder)))
 
     if delete and mapping.is_dir:
         extraneous = sorted((p for p in remote if p not in wanted and p != dest), reverse=True)

@@ -129,7 +129,7 @@ def command(token: str, mode: str, dests: list[tuple[bool, str]]) -> str:
 # --------------------------------------------------------------------------
 # The listing
 # --------------------------------------------------------------------------
-@dataclass
+@dataclass(slots=True)
 class RemoteEntry:
     kind: str  #: find's %y: f, d, l, p, s, c, b
     mode: int

@@ -14,7 +14,7 @@ from .constants import EXIT_FAILED, EXIT_OK, REPORT_VERSION
 CHANGING = frozenset({"send", "delete", "chmod", "touch", "mkdir", "link"})
 
 
-@dataclass
+@dataclass(slots=True)
 class FileResult:
     #: The remote path the action is about.
     path: str
