@@ -61,7 +61,8 @@ def _load(config: str | None, overrides: dict | None = None) -> Inventory:
 
 def _print_items(result: HostResult, verbose: bool, out) -> None:
     for mapping in result.mappings:
-        for record in mapping.files:
+        # Deletions first, as rsync --delete shows them: the part to check.
+        for record in sorted(mapping.files, key=lambda r: r.action != "delete"):
             if record.action == "skip" and not verbose:
                 continue
             flags = record.flags or "fail       "

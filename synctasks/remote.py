@@ -78,10 +78,10 @@ if [ "$mode" != ops ]; then
         find -H "$d" $depth -name "$P*" -prune -o -type f -exec sha256sum -z -- {} +
       fi
     fi
-    if [ "$k" = f ]; then
-      p=${d%/*}; [ -n "$p" ] || p=/
-      if [ -d "$p" ]; then find "$p" -mindepth 1 -maxdepth 1 -name "$P*" -printf 'S%p\0'; fi
-    fi
+    # Staging folders of a cut run can also sit beside dest (a new dest is
+    # built there, a file's staging folder is there).
+    p=${d%/*}; [ -n "$p" ] || p=/
+    if [ -d "$p" ]; then find "$p" -mindepth 1 -maxdepth 1 -name "$P*" -printf 'S%p\0'; fi
   done
   printf 'Z%s\0' "$t"
 fi
