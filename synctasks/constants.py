@@ -13,6 +13,7 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "compare": "size-mtime",
         "retries": "3",
         "connect_timeout": "10",
+        "io_timeout": "60",
         "delete": "false",
         "exclude": "",
         "symlinks": "copy",

@@ -57,6 +57,12 @@ class AuthError(ConnectError):
 class RemoteError(SyncTasksError):
     """A remote command failed or answered outside the protocol."""
 
+    def __init__(self, message: str, *, host: str | None = None, transient: bool = False):
+        super().__init__(message, host=host)
+        #: The connection dropped or stalled before anything was committed:
+        #: running the host again is safe and may help.
+        self.transient = transient
+
 
 class UnsafeDestError(SyncTasksError):
     """A --delete would work on a dest that is too close to the root."""

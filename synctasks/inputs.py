@@ -40,6 +40,7 @@ class Settings:
     compare: str
     retries: int
     connect_timeout: float
+    io_timeout: float
     delete: bool
     exclude: tuple[str, ...]
     symlinks: str
@@ -213,6 +214,7 @@ def load_settings(
         compare=_choice(s["compare"], where("sync", "compare"), K.COMPARE_MODES),
         retries=_int(s["retries"], where("sync", "retries"), 0),
         connect_timeout=float(_int(s["connect_timeout"], where("sync", "connect_timeout"), 1)),
+        io_timeout=float(_int(s["io_timeout"], where("sync", "io_timeout"), 1)),
         delete=_bool(s["delete"], where("sync", "delete")),
         exclude=_patterns(s["exclude"]),
         symlinks=_choice(s["symlinks"], where("sync", "symlinks"), K.SYMLINK_MODES),

@@ -87,6 +87,14 @@ class MappingPlan:
     deletes: list[str] = field(default_factory=list)  #: --delete, top-most paths only
     error: str | None = None  #: the whole mapping cannot be synced
 
+    @property
+    def hosts(self) -> list[str]:
+        """Existing remote folders that receive something (each gets a staging folder)."""
+        return list(dict.fromkeys(item.host for item in self.sends + self.links + self.new_dirs))
+
+    def staging_dirs(self, token: str) -> list[str]:
+        return [posixpath.join(folder, staging_name(token)) for folder in self.hosts]
+
 
 @dataclass
 class HostPlan:
@@ -94,17 +102,9 @@ class HostPlan:
     mappings: list[MappingPlan]
     stale: list[str]
 
-    @property
-    def hosts(self) -> list[str]:
-        """Existing remote folders that receive something (each gets a staging folder)."""
-        seen: dict[str, None] = {}
-        for plan in self.mappings:
-            for item in plan.sends + plan.links + plan.new_dirs:
-                seen.setdefault(item.host, None)
-        return list(seen)
-
     def staging_dirs(self) -> list[str]:
-        return [posixpath.join(folder, staging_name(self.token)) for folder in self.hosts]
+        """Every staging folder of the run (shared folders once)."""
+        return list(dict.fromkeys(d for p in self.mappings for d in p.staging_dirs(self.token)))
 
     @property
     def has_work(self) -> bool:

@@ -85,16 +85,15 @@ if [ "$mode" != ops ]; then
   done
   printf 'Z%s\0' "$t"
 fi
-umask 077; bad=0
+umask 077
 while IFS= read -r line; do
   case $line in "@@$t@@ "*) op=${line#"@@$t@@ "} ;; *) mark bad 3; exit 3 ;; esac
   case $op in
   rm) batch 'rm -rf --' '' '' 2>&1; mark rm $? ;;
-  mkdir) batch 'mkdir -p --' '' '' 2>&1; rc=$?; [ $rc = 0 ] || bad=1; mark mkdir $rc ;;
-  mkparent) umask 022; batch 'mkdir -p --' '' '' 2>&1; rc=$?; umask 077; [ $rc = 0 ] || bad=1; mark mkparent $rc ;;
+  mkdir) batch 'mkdir -p --' '' '' 2>&1; mark mkdir $? ;;
+  mkparent) umask 022; batch 'mkdir -p --' '' '' 2>&1; rc=$?; umask 077; mark mkparent $rc ;;
   ln) IFS= read -r target; IFS= read -r path; ln -s -- "$target" "$path" 2>&1; mark ln $? ;;
-  scp) if [ $bad = 1 ]; then mark scp 99; exit 99; fi
-    IFS= read -r acks; IFS= read -r size
+  scp) IFS= read -r acks; IFS= read -r size
     case $size in *[!0-9]*|'') mark bad 3; exit 3 ;; esac
     umask 0
     if [ "$size" = 0 ]; then scp -r -t -- / >"$acks"; else head -c "$size" | scp -r -t -- / >"$acks"; fi; rc=$?; umask 077; cat "$acks"; rm -f "$acks"; mark scp $rc; [ $rc = 0 ] || exit $rc ;;

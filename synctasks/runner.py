@@ -31,6 +31,10 @@ from .results import GroupResult, HostResult
 from .transfer import SyncOptions, remote_status, sync_connection
 
 
+#: First retry after this many seconds, doubling each time.
+RETRY_BACKOFF = 0.5
+
+
 def options_from(settings: Settings, **flags: Any) -> SyncOptions:
     """SyncOptions from config.ini, with flags (None = not given) on top."""
     compare = "checksum" if flags.get("checksum") else settings.compare
@@ -43,6 +47,7 @@ def options_from(settings: Settings, **flags: Any) -> SyncOptions:
         symlinks=settings.symlinks,
         exclude=settings.exclude,
         force=bool(flags.get("force")),
+        io_timeout=settings.io_timeout,
         progress=flags.get("progress"),
     )
 
@@ -105,26 +110,39 @@ def select_hosts(hosts: list[HostEntry], only: str | Iterable[str] | None) -> li
 
 def _sync_entry(host: HostEntry, mappings: list[Mapping], settings: Settings, options: SyncOptions,
                 trees: LocalTrees, lightweight: bool = False) -> HostResult:
+    """Sync one host; transient network failures before anything was
+    committed are retried (``[sync] retries``, with backoff)."""
     log = get_logger(host.name)
     started = time.monotonic()
-    c = build_connection(host, settings, lightweight)
-    try:
-        open_connection(c, host.name, settings.retries)
-        result = sync_connection(c, mappings, options, host.name, trees)
-    except SyncTasksError as exc:
-        message = str(exc)
-        if exc.host and message.startswith(f"{exc.host}: "):
-            message = message[len(exc.host) + 2:]
-        log.error("%s", message)
-        result = HostResult(host=host.name, error=message, dry_run=options.dry_run)
-    except Exception as exc:  # a bug or an unforeseen library error: this host only
-        log.exception("unexpected error")
-        result = HostResult(host=host.name, error=f"unexpected error: {exc!r}", dry_run=options.dry_run)
-    finally:
+    attempt = 0
+    while True:
+        c = build_connection(host, settings, lightweight)
         try:
-            c.close()
-        except Exception:
-            pass
+            open_connection(c, host.name)
+            result = sync_connection(c, mappings, options, host.name, trees)
+            break
+        except SyncTasksError as exc:
+            message = str(exc)
+            if exc.host and message.startswith(f"{exc.host}: "):
+                message = message[len(exc.host) + 2:]
+            if getattr(exc, "transient", False) and attempt < settings.retries:
+                attempt += 1
+                delay = RETRY_BACKOFF * 2 ** (attempt - 1)
+                log.warning("%s; retry %d of %d in %.1fs", message, attempt, settings.retries, delay)
+                time.sleep(delay)
+                continue
+            log.error("%s", message)
+            result = HostResult(host=host.name, error=message, dry_run=options.dry_run)
+            break
+        except Exception as exc:  # a bug or an unforeseen library error: this host only
+            log.exception("unexpected error")
+            result = HostResult(host=host.name, error=f"unexpected error: {exc!r}", dry_run=options.dry_run)
+            break
+        finally:
+            try:
+                c.close()
+            except Exception:
+                pass
     result.seconds = time.monotonic() - started
     verb = "would change" if options.dry_run else "changed"
     if result.ok:

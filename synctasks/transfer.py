@@ -34,9 +34,9 @@ import paramiko
 from .errors import RemoteError
 from .inputs import Mapping
 from .logger import get_logger
-from .plan import HostPlan, LocalTrees, NewDir, Send, plan_host
+from .plan import HostPlan, LocalTrees, MappingPlan, NewDir, Send, plan_host
 from .remote import Listing, Ops, command, marker, parse_listing, staging_name
-from .results import HostResult
+from .results import CHANGING, HostResult
 
 CHUNK = 1 << 20  #: bytes read from a local file at a time
 FLUSH = 1 << 18  #: small files are batched into writes of about this size
@@ -55,19 +55,21 @@ class SyncOptions:
     symlinks: str = "copy"
     exclude: tuple[str, ...] = ()
     force: bool = False  #: allow --delete on shallow dests
+    io_timeout: float = STALL_TIMEOUT  #: seconds with no progress before a host is given up
     progress: object = None  #: callable(host, files_done, bytes_done) or None
 
 
 class Stream:
     """Buffered reading of one exec channel's stdout (stderr kept aside)."""
 
-    def __init__(self, chan: paramiko.Channel, label: str):
+    def __init__(self, chan: paramiko.Channel, label: str, timeout: float = STALL_TIMEOUT):
         self.chan = chan
         self.label = label
+        self.timeout = timeout
         self.buf = bytearray()
         self.err = bytearray()
         self.eof = False
-        chan.settimeout(STALL_TIMEOUT)
+        chan.settimeout(timeout)
 
     def _take_stderr(self) -> None:
         while self.chan.recv_stderr_ready():
@@ -83,7 +85,10 @@ class Stream:
         try:
             data = self.chan.recv(1 << 16)
         except socket.timeout:
-            raise RemoteError(f"no answer for {STALL_TIMEOUT:.0f}s: connection stalled", host=self.label) from None
+            raise RemoteError(f"no answer for {self.timeout:.0f}s: the connection stalled", host=self.label,
+                              transient=True) from None
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise RemoteError(f"the connection broke: {exc}", host=self.label, transient=True) from None
         if not data:
             self.eof = True
             self._take_stderr()
@@ -103,7 +108,8 @@ class Stream:
                 return data
             start = max(0, len(self.buf) - len(needle) + 1)
             if not self.pump(block=True):
-                raise RemoteError(self.failure("the remote side stopped answering"), host=self.label)
+                raise RemoteError(self.failure("the remote side stopped answering"), host=self.label,
+                                  transient=not self.chan.exit_status_ready())
 
     def stderr_text(self) -> str:
         self._take_stderr()
@@ -399,10 +405,14 @@ def remote_status(c, command: str, timeout: float = STALL_TIMEOUT) -> int:
         chan.close()
 
 
-def _open_script(c, token: str, mode: str, mappings: list[Mapping], label: str) -> Stream:
-    chan = c.transport.open_session()
-    chan.exec_command(command(token, mode, [(m.is_dir, m.dest) for m in mappings]))
-    return Stream(chan, label)
+def _open_script(c, token: str, mode: str, mappings: list[Mapping], label: str,
+                 timeout: float = STALL_TIMEOUT) -> Stream:
+    try:
+        chan = c.transport.open_session(timeout=timeout)
+        chan.exec_command(command(token, mode, [(m.is_dir, m.dest) for m in mappings]))
+    except (OSError, EOFError, paramiko.SSHException) as exc:
+        raise RemoteError(f"cannot start the remote command: {exc}", host=label, transient=True) from None
+    return Stream(chan, label, timeout)
 
 
 def read_listing(stream: Stream, token: str) -> Listing:
@@ -416,7 +426,7 @@ def sync_host_plan(c, label: str, mappings: list[Mapping], options: SyncOptions,
     log = get_logger(label)
     token = secrets.token_hex(8)
     mode = "checksum" if options.compare == "checksum" else "list"
-    stream = _open_script(c, token, mode, mappings, label)
+    stream = _open_script(c, token, mode, mappings, label, options.io_timeout)
     listing = read_listing(stream, token)
     log.debug("listed %d remote entries in %d dests", sum(len(e) for e in listing.entries.values()),
               len(listing.entries))
@@ -459,80 +469,109 @@ def _message(before: bytes) -> str:
     return "; ".join(dict.fromkeys(lines))
 
 
+def _prep_reason(message: str, staging: str) -> str:
+    """Say which remote folder could not be written, not which temporary one."""
+    match = re.search(r"cannot create directory '([^']*)': (.*)", message)
+    if not match:
+        return f"cannot create the remote folders: {message or 'mkdir failed'}"
+    path, why = match.groups()
+    if path.endswith("/" + staging):
+        return f"cannot write into {posixpath.dirname(path)}: {why}"
+    return f"cannot create folder {path}: {why}"
+
+
+def _fail_records(mapping_plan: MappingPlan, reason: str, actions=CHANGING) -> None:
+    for record in mapping_plan.result.files:
+        if record.action in actions:
+            record.action, record.reason = "fail", reason
+
+
 def _apply(c, stream: Stream, plan: HostPlan, mappings: list[Mapping], options: SyncOptions, label: str) -> None:
+    """Prepare, transfer, commit (see the module docstring)."""
     log = get_logger(label)
     token = plan.token
     staging = staging_name(token)
-    sends = [s for p in plan.mappings for s in p.sends]
-    links = [s for p in plan.mappings for s in p.links]
-    failed: dict[int, str] = {}
 
+    # 1. Prepare: clear leftovers and type conflicts, then make each
+    # mapping's missing parents and staging folders. A mapping whose folders
+    # cannot be made fails alone; the others go on.
     ops = Ops(token)
     if plan.stale:
         log.info("removing %d temporary folder(s) left by an earlier cut run", len(plan.stale))
     ops.rm(plan.stale + [r for p in plan.mappings for r in p.removes])
-    ops.mkparent(sorted({d for p in plan.mappings for d in p.mkparent}))
-    ops.mkdir(plan.staging_dirs())
-    new_dirs = [d for p in plan.mappings for d in p.new_dirs]
-    use_scp = bool(sends or new_dirs) and options.protocol == "scp"
-    scp = ScpStream(token, sends)
-    if use_scp:
+    owners: list[MappingPlan | None] = [None] * len(ops.names)
+    for mapping_plan in plan.mappings:
+        ops.mkparent(mapping_plan.mkparent)
+        ops.mkdir(mapping_plan.staging_dirs(token))
+        owners += [mapping_plan] * (len(ops.names) - len(owners))
+    stream.send(ops.take())
+    markers = Markers(stream, token)
+    broken: dict[int, str] = {}
+    for owner in owners:
+        before, op, status = markers.next()
+        if not status:
+            continue
+        if owner is None:
+            log.error("removing before the transfer failed: %s", _message(before))
+        elif id(owner) not in broken:
+            broken[id(owner)] = _prep_reason(_message(before), staging)
+            log.error("%s: %s", owner.mapping.dest, broken[id(owner)])
+            _fail_records(owner, broken[id(owner)])
+    live = [p for p in plan.mappings if id(p) not in broken]
+    sends = [s for p in live for s in p.sends]
+    links = [s for p in live for s in p.links]
+    new_dirs = [d for p in live for d in p.new_dirs]
+
+    # 2. Transfer into the staging folders.
+    failed: dict[int, str] = {}
+    scp_status = 0
+    if (sends or new_dirs) and options.protocol == "scp":
+        scp = ScpStream(token, sends)
         records, length = scp_records(scp, new_dirs)
         # Many small files: worth the extra pipe. Bulk data: not.
         small = sum(s.local.size for s in sends) < HEAD_BELOW * max(1, len(sends))
-        ops.scp(posixpath.join(plan.staging_dirs()[0], staging + ".acks"), length if small else 0)
-    expected_ops = list(ops.names)
-    stream.send(ops.take())
-    markers = Markers(stream, token)
-
-    scp_status = 0
-    if use_scp:
-        # Right behind the operations, without waiting for their outcome: if
-        # a folder cannot be made, the script refuses to start scp and exits,
-        # and whatever of the stream arrived is thrown away with the channel.
+        acks = posixpath.join(live[0].staging_dirs(token)[0], staging + ".acks")
+        ops.scp(acks, length if small else 0)
+        stream.send(ops.take())
         send_scp(stream, scp, records, options.progress, label)
-    prep_error: str | None = None
-    for name in expected_ops:
-        if name == "scp" and prep_error:
-            break
-        try:
-            if name == "scp":
-                read_scp_answers(stream, scp)
-            before, op, status = markers.next()
-        except RemoteError as exc:
-            scp_status = scp_status or 255
-            prep_error = prep_error or str(exc)
-            break
-        message = _message(before)
-        if op == "scp":
-            scp_status = status
-        elif status and op in ("mkdir", "mkparent"):
-            prep_error = prep_error or f"cannot create the remote folders: {message or 'mkdir failed'}"
-        elif status:
-            log.error("removing before the transfer failed: %s", message)
-
-    if prep_error:
-        log.error("%s", prep_error)
-    elif (sends or new_dirs) and options.protocol == "sftp":
-        _send_sftp(c, sends, new_dirs, failed, options, label)
-    failed.update(scp.failed)
-    if use_scp:
-        reason = prep_error or scp.broken or stream.failure(f"the transfer stopped (scp status {scp_status})")
-        if scp.broken or scp_status:
-            # A new folder the sink never made: nothing can be moved in it.
-            for record in (r for p in plan.mappings for r in p.result.files if r.action == "mkdir"):
-                record.action, record.reason = "fail", reason
+        read_scp_answers(stream, scp)
+        _, _, scp_status = markers.next()
+        failed.update(scp.failed)
+        reason = scp.broken or stream.failure(f"the transfer stopped (scp status {scp_status})")
         acked = scp.acked()
         for send in sends:
             if id(send) not in acked:
                 failed.setdefault(id(send), reason)
-        if scp_status and not prep_error:
+        if scp_status or scp.broken:
             log.error("scp failed (status %d): %s", scp_status, reason)
-    if scp_status or prep_error:
+            # New folders the sink may not have finished are not reported made.
+            for mapping_plan in live:
+                _fail_records(mapping_plan, reason, ("mkdir",))
+    elif sends or new_dirs:
+        _send_sftp(c, sends, new_dirs, failed, options, label)
+    for send in sends:
+        if id(send) in failed:
+            failed[id(send)] = _staging_free(failed[id(send)], send, staging)
+
+    # 3. Commit. After a failed scp the script has exited (it never reads
+    # what scp left unread as operations): commit on a second channel.
+    if scp_status:
         stream.chan.close()
-        stream = _open_script(c, token, "ops", mappings, label)
+        stream = _open_script(c, token, "ops", mappings, label, options.io_timeout)
         markers = Markers(stream, token)
-    _commit(stream, markers, plan, sends, links, failed, label, prep_error)
+    try:
+        _commit(stream, markers, plan, live, sends, links, failed, label)
+    except RemoteError as exc:
+        exc.transient = False  # some files may be in place already: no blind retry
+        raise
+
+
+def _staging_free(reason: str, send: Send, staging: str) -> str:
+    """scp names the temporary path in its messages; name the real one."""
+    temporary = posixpath.join(send.stage, send.name)
+    if temporary in reason:
+        reason = reason.replace(temporary, send.result.path)
+    return reason.removeprefix("scp: ")
 
 
 def _send_sftp(c, sends: list[Send], new_dirs: list[NewDir], failed: dict[int, str], options: SyncOptions,
@@ -569,50 +608,44 @@ def _send_sftp(c, sends: list[Send], new_dirs: list[NewDir], failed: dict[int, s
             sftp.chmod(new_dir.stage, new_dir.mode & 0o7777)
 
 
-def _commit(stream: Stream, markers: Markers, plan: HostPlan, sends: list[Send], links: list[Send],
-            failed: dict[int, str], label: str, prep_error: str | None = None) -> None:
-    """Make links, move what arrived into place, then chmod, touch, delete and
-    clean up.
-
-    After a failed preparation only the clean-up runs: the folders the rest
-    would work on may not exist.
-    """
+def _commit(stream: Stream, markers: Markers, plan: HostPlan, live: list[MappingPlan], sends: list[Send],
+            links: list[Send], failed: dict[int, str], label: str) -> None:
+    """Make links, move what arrived into place, then chmod, touch, delete,
+    and remove every staging folder."""
     log = get_logger(label)
     ops = Ops(plan.token)
     staging = staging_name(plan.token)
-    new_dirs = [d for p in plan.mappings for d in p.new_dirs]
+    new_dirs = [d for p in live for d in p.new_dirs]
+    for link in links:
+        ops.ln(link.local.link, posixpath.join(link.stage, link.name))
+    # A staging folder must hold only what arrived whole: drop the rest.
+    ops.rm([posixpath.join(s.stage, s.name) for s in sends if id(s) in failed])
+    moving = [s for s in sends if id(s) not in failed] + links
+    # How many names each staging folder holds directly (files inside a new
+    # folder travel with it).
+    children: dict[str, int] = {}
+    for host, parent in [(s.host, s.stage) for s in moving] + [(d.host, posixpath.dirname(d.stage))
+                                                                for d in new_dirs]:
+        if parent == posixpath.join(host, staging):
+            children[host] = children.get(host, 0) + 1
     mv_groups: list[tuple[str, list[Send]]] = []
-    if not prep_error:
-        for link in links:
-            ops.ln(link.local.link, posixpath.join(link.stage, link.name))
-        # A staging folder must hold only what arrived whole: drop the rest.
-        ops.rm([posixpath.join(s.stage, s.name) for s in sends if id(s) in failed])
-        moving = [s for s in sends if id(s) not in failed] + links
-        # How many names each staging folder holds directly (files inside a
-        # new folder travel with it).
-        children: dict[str, int] = {}
-        for host, parent in [(s.host, s.stage) for s in moving] + [(d.host, posixpath.dirname(d.stage))
-                                                                    for d in new_dirs]:
-            if parent == posixpath.join(host, staging):
-                children[host] = children.get(host, 0) + 1
-        for host in plan.hosts:
-            group = [s for s in moving if s.host == host]
-            mv_groups.append((host, group))
-            ops.mv(host, children.get(host, 0))
-        by_mode: dict[int, list[str]] = {}
-        for mapping_plan in plan.mappings:
-            for mode, path in mapping_plan.chmods:
-                by_mode.setdefault(mode, []).append(path)
-        # Deepest first, so a folder made read-only is chmodded after its contents.
-        for mode, paths in sorted(by_mode.items()):
-            ops.chmod(mode, sorted(paths, key=lambda p: -p.count("/")))
-        by_stamp: dict[str, list[str]] = {}
-        for mapping_plan in plan.mappings:
-            for stamp, path in mapping_plan.touches:
-                by_stamp.setdefault(stamp, []).append(path)
-        for stamp, paths in sorted(by_stamp.items()):
-            ops.touch(stamp, paths)
-        ops.rm([d for p in plan.mappings for d in p.deletes])
+    for host in dict.fromkeys(h for p in live for h in p.hosts):
+        mv_groups.append((host, [s for s in moving if s.host == host]))
+        ops.mv(host, children.get(host, 0))
+    by_mode: dict[int, list[str]] = {}
+    for mapping_plan in live:
+        for mode, path in mapping_plan.chmods:
+            by_mode.setdefault(mode, []).append(path)
+    # Deepest first, so a folder made read-only is chmodded after its contents.
+    for mode, paths in sorted(by_mode.items()):
+        ops.chmod(mode, sorted(paths, key=lambda p: -p.count("/")))
+    by_stamp: dict[str, list[str]] = {}
+    for mapping_plan in live:
+        for stamp, path in mapping_plan.touches:
+            by_stamp.setdefault(stamp, []).append(path)
+    for stamp, paths in sorted(by_stamp.items()):
+        ops.touch(stamp, paths)
+    ops.rm([d for p in live for d in p.deletes])
     cleanup_index = len(ops.names)  # the rm of the staging folders, if any
     ops.rm(plan.staging_dirs())
     ops.quit()
@@ -637,7 +670,7 @@ def _commit(stream: Stream, markers: Markers, plan: HostPlan, sends: list[Send],
                     lines = [l for l in message.split("; ") if send.name in l]
                     failed.setdefault(id(send), lines[-1] if lines else f"cannot move into {folder}: {message}")
         elif status and index == cleanup_index:
-            (log.debug if prep_error else log.warning)("could not remove the temporary folders: %s", message)
+            log.warning("could not remove the temporary folders: %s", message)
         elif status and op != "q":
             problems.setdefault(op, f"{op} failed: {message or 'status ' + str(status)}")
 
@@ -646,16 +679,11 @@ def _commit(stream: Stream, markers: Markers, plan: HostPlan, sends: list[Send],
             send.result.action = "fail"
             send.result.reason = failed[id(send)]
             log.error("%s: %s", send.result.path, send.result.reason)
-    if prep_error:
-        problems = {op: prep_error for op in ("chmod", "touch", "rm", "mkdir")}
     for op, problem in problems.items():
-        kinds = {"chmod": ("chmod",), "touch": ("touch",), "rm": ("delete",), "mkdir": ("mkdir",)}.get(op, ())
-        for mapping_plan in plan.mappings:
-            for record in mapping_plan.result.files:
-                if record.action in kinds:
-                    record.action, record.reason = "fail", problem
-        if not prep_error:
-            log.error("%s", problem)
+        log.error("%s", problem)
+        actions = {"chmod": ("chmod",), "touch": ("touch",), "rm": ("delete",)}.get(op, ())
+        for mapping_plan in live:
+            _fail_records(mapping_plan, problem, actions)
     stream.chan.close()
 
 
