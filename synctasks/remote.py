@@ -16,8 +16,8 @@ trip), a small POSIX ``sh`` script that:
 
 ``scp -t`` reads exactly up to the closing ``E`` of its stream and no further,
 so the script reads the next operation right after it. If scp fails, the
-script exits rather than reading on: whatever of the stream scp did not
-consume must never be taken for an operation. The same script started in
+script only swallows its input from then on: whatever of the stream scp did
+not consume must never be taken for an operation. The same script started in
 ``ops`` mode (no listing) finishes the work on a second channel.
 
 Paths travel as arguments (quoted with :func:`shlex.quote`) or as stdin
@@ -34,8 +34,21 @@ from .constants import STAGING_PREFIX
 # The script is one ``sh -c`` argument. Kept free of "!" and of anything a
 # login shell could expand inside single quotes.
 SCRIPT = r"""
-t=$1; mode=$2; shift 2
+mode=$2
+# The run's token carries this shell's PID: a staging folder whose PID is
+# alive belongs to a run in progress (another run may share its parent).
+if [ "$mode" = ops ]; then t=$1; else t=$$-$1; fi
+shift 2
 P=__STAGING__
+STALE='for s do
+  n=${s##*/}; r=${n#__STAGING__}; pid=${r%%-*}
+  if [ -r "/proc/$pid/stat" ]; then
+    IFS= read -r st <"/proc/$pid/stat"; st=${st##*") "}; st=${st%% *}
+    [ "$st" = Z ] || continue
+  elif [ ! -d /proc/self ] && kill -0 "$pid" 2>/dev/null; then continue
+  fi
+  printf "S%s\0" "$s"
+done'
 mark() { printf '\n@@%s@@ %s %s\n' "$t" "$1" "$2"; }
 batch() {
   cmd=$1; pre=$2; suf=$3; rc=0; set --
@@ -64,7 +77,7 @@ moveall() {
   return $rc
 }
 if [ "$mode" != ops ]; then
-  printf 'H%s\0' "$HOME"
+  printf 'I%s\0H%s\0' "$t" "$HOME"
   if find / -maxdepth 0 -printf '' >/dev/null 2>&1; then :; else
     printf 'Xthe remote find has no -printf: install GNU findutils on the host\0'; exit 4
   fi
@@ -73,7 +86,8 @@ if [ "$mode" != ops ]; then
     printf 'M%s\0' "$d"
     if [ "$k" = d ]; then depth=; else depth='-maxdepth 0'; fi
     if [ -e "$d" ] || [ -h "$d" ]; then
-      find -H "$d" $depth -name "$P*" -prune -printf 'S%p\0' -o -printf 'E%y %m %s %T@ %p\0%l\0'
+      find -H "$d" $depth -name "$P*" -prune -exec sh -c "$STALE" sh {} + \
+        -o -printf 'E%y %m %s %T@ %p\0%l\0'
       if [ "$mode" = checksum ]; then
         find -H "$d" $depth -name "$P*" -prune -o -type f -exec sha256sum -z -- {} +
       fi
@@ -81,7 +95,7 @@ if [ "$mode" != ops ]; then
     # Staging folders of a cut run can also sit beside dest (a new dest is
     # built there, a file's staging folder is there).
     p=${d%/*}; [ -n "$p" ] || p=/
-    if [ -d "$p" ]; then find "$p" -mindepth 1 -maxdepth 1 -name "$P*" -printf 'S%p\0'; fi
+    if [ -d "$p" ]; then find "$p" -mindepth 1 -maxdepth 1 -name "$P*" -exec sh -c "$STALE" sh {} +; fi
   done
   printf 'Z%s\0' "$t"
 fi
@@ -96,7 +110,13 @@ while IFS= read -r line; do
   scp) IFS= read -r acks; IFS= read -r size
     case $size in *[!0-9]*|'') mark bad 3; exit 3 ;; esac
     umask 0
-    if [ "$size" = 0 ]; then scp -r -t -- / >"$acks"; else head -c "$size" | scp -r -t -- / >"$acks"; fi; rc=$?; umask 077; cat "$acks"; rm -f "$acks"; mark scp $rc; [ $rc = 0 ] || exit $rc ;;
+    if [ "$size" = 0 ]; then scp -r -t -- / >"$acks"; else head -c "$size" | scp -r -t -- / >"$acks"; fi
+    rc=$?; umask 077; cat "$acks"; rm -f "$acks"; mark scp $rc
+    # What scp left unread must never be taken for operations: swallow it
+    # until the client closes. (It commits on a second channel meanwhile;
+    # this PID stays alive, so no other run takes the staging folders for
+    # stale.)
+    [ $rc = 0 ] || exec cat >/dev/null ;;
   mv) IFS= read -r dst; IFS= read -r many; moveall "$dst/$P$t" "$dst" "$many" 2>&1; mark mv $? ;;
   chmod) IFS= read -r bits
     case $bits in *[!0-7]*|'') mark bad 3; exit 3 ;; esac
@@ -140,6 +160,7 @@ class RemoteEntry:
 
 @dataclass
 class Listing:
+    token: str = ""  #: the run's token as the script made it (<pid>-<random>)
     home: str = ""
     #: dest -> {absolute path -> entry}
     entries: dict[str, dict[str, RemoteEntry]] = field(default_factory=dict)
@@ -163,7 +184,9 @@ def parse_listing(data: bytes) -> Listing:
         if not record:
             continue
         tag = record[:1]
-        if tag == b"H":
+        if tag == b"I":
+            listing.token = _text(record[1:])
+        elif tag == b"H":
             listing.home = _text(record[1:])
         elif tag == b"X":
             from .errors import RemoteError

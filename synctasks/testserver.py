@@ -217,6 +217,19 @@ class TestServer:
                 self.process.wait()
         self.process = None
 
+    def kill(self) -> None:
+        """SIGKILL the server and every process it started (its sessions too):
+        a crash, not a shutdown."""
+        if not self.process:
+            return
+        for pid in reversed(_descendants(self.process.pid)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait()
+        self.process = None
+
     def __enter__(self) -> "TestServer":
         return self.start()
 
@@ -245,6 +258,26 @@ class TestServer:
         entry = pwd.getpwnam(self.user)
         os.chown(path, entry.pw_uid, entry.pw_gid)
         return path
+
+
+def _descendants(root: int) -> list[int]:
+    """``root`` and every process below it, parents first."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found, queue = [], [root]
+    while queue:
+        pid = queue.pop(0)
+        found.append(pid)
+        queue.extend(children.get(pid, []))
+    return found
 
 
 def remove_tree(path: Path) -> None:

@@ -108,8 +108,11 @@ class Stream:
                 return data
             start = max(0, len(self.buf) - len(needle) + 1)
             if not self.pump(block=True):
-                raise RemoteError(self.failure("the remote side stopped answering"), host=self.label,
-                                  transient=not self.chan.exit_status_ready())
+                transport = self.chan.get_transport()
+                if transport is None or not transport.is_active():
+                    raise RemoteError("the connection was lost (closed or reset on the way)", host=self.label,
+                                      transient=True)
+                raise RemoteError(self.failure("the remote command stopped"), host=self.label)
 
     def stderr_text(self) -> str:
         self._take_stderr()
@@ -415,19 +418,23 @@ def _open_script(c, token: str, mode: str, mappings: list[Mapping], label: str,
     return Stream(chan, label, timeout)
 
 
-def read_listing(stream: Stream, token: str) -> Listing:
-    data = stream.read_until(b"Z" + token.encode() + b"\0")
-    return parse_listing(data)
+def read_listing(stream: Stream) -> Listing:
+    first = stream.read_until(b"\0")  # I<token>: the script's own token
+    if not first.startswith(b"I"):
+        raise RemoteError(stream.failure(f"unexpected answer from the remote shell: {first[:80]!r}"),
+                          host=stream.label)
+    token = first[1:-1]
+    return parse_listing(first + stream.read_until(b"Z" + token + b"\0"))
 
 
 def sync_host_plan(c, label: str, mappings: list[Mapping], options: SyncOptions, result: HostResult,
                    trees: LocalTrees | None = None) -> None:
     """List, plan and (unless a dry run) apply, filling ``result``."""
     log = get_logger(label)
-    token = secrets.token_hex(8)
     mode = "checksum" if options.compare == "checksum" else "list"
-    stream = _open_script(c, token, mode, mappings, label, options.io_timeout)
-    listing = read_listing(stream, token)
+    stream = _open_script(c, secrets.token_hex(8), mode, mappings, label, options.io_timeout)
+    listing = read_listing(stream)
+    token = listing.token
     log.debug("listed %d remote entries in %d dests", sum(len(e) for e in listing.entries.values()),
               len(listing.entries))
     trees = trees or LocalTrees(options.exclude, options.symlinks, log.warning)
@@ -553,10 +560,12 @@ def _apply(c, stream: Stream, plan: HostPlan, mappings: list[Mapping], options: 
         if id(send) in failed:
             failed[id(send)] = _staging_free(failed[id(send)], send, staging)
 
-    # 3. Commit. After a failed scp the script has exited (it never reads
-    # what scp left unread as operations): commit on a second channel.
+    # 3. Commit. After a failed scp the script only swallows what scp left
+    # unread (never taking it for operations): commit on a second channel,
+    # and close the first one after.
+    first = None
     if scp_status:
-        stream.chan.close()
+        first = stream
         stream = _open_script(c, token, "ops", mappings, label, options.io_timeout)
         markers = Markers(stream, token)
     try:
@@ -564,6 +573,9 @@ def _apply(c, stream: Stream, plan: HostPlan, mappings: list[Mapping], options: 
     except RemoteError as exc:
         exc.transient = False  # some files may be in place already: no blind retry
         raise
+    finally:
+        if first is not None:
+            first.chan.close()
 
 
 def _staging_free(reason: str, send: Send, staging: str) -> str:

@@ -85,13 +85,15 @@ class Project:
         return self.root / "config.ini"
 
     def add_host(self, srv: TestServer, address: str, mappings: list[dict], auth: str = "key",
-                 trust: bool = True) -> dict:
+                 trust: bool = True, port: int | None = None) -> dict:
+        """Add a host entry (``port``: another way in, e.g. a proxy's)."""
         entry = srv.connection_entry(address, auth)
+        entry["port"] = port or srv.port
         self.hosts.append(entry)
         self.map(address, mappings)
         if trust:
             with open(self.known_hosts, "a") as handle:
-                handle.write(f"[{address}]:{srv.port} {srv.host_key_line}\n")
+                handle.write(f"[{address}]:{entry['port']} {srv.host_key_line}\n")
         return entry
 
     def map(self, address: str, mappings: list[dict]) -> None:
