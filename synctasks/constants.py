@@ -34,7 +34,7 @@ DEFAULTS: dict[str, dict[str, str]] = {
 PROTOCOLS = ("scp", "sftp")
 COMPARE_MODES = ("size-mtime", "checksum")
 HOST_KEY_POLICIES = ("strict", "accept-new", "off")
-SYMLINK_MODES = ("copy", "skip")
+SYMLINK_MODES = ("copy", "follow", "skip")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 #: Environment variables that override config.ini: SYNCTASKS_<SECTION>_<KEY>,

@@ -136,15 +136,23 @@ def _local(path: str, rel: str, info: os.stat_result, kind: str, link: str = "")
 
 
 def walk(mapping: Mapping, exclude: Excluder, symlinks: str, warn) -> list[LocalEntry]:
-    """Every file, folder and link under ``mapping.src`` that is not excluded."""
+    """Every file, folder and link under ``mapping.src`` that is not excluded.
+
+    ``symlinks``: ``copy`` keeps links as links (rsync -a); ``skip`` leaves
+    them out, with a warning; ``follow`` sends what a link points to when
+    that is inside src, and warns about (and skips) links that lead out of
+    src, dangle, or loop back to a folder being walked.
+    """
     root = str(mapping.src)
     info = os.stat(root)
     if not mapping.is_dir:
         return [_local(root, "", info, "f")]
     entries = [_local(root, "", info, "d")]
-    stack = [(root, "")]
+    real_root = os.path.realpath(root)
+    #: (folder to read, rel prefix, real paths of the folders above it)
+    stack: list[tuple[str, str, frozenset]] = [(root, "", frozenset({real_root}))]
     while stack:
-        folder, prefix = stack.pop()
+        folder, prefix, above = stack.pop()
         try:
             with os.scandir(folder) as it:
                 children = sorted(it, key=lambda e: e.name)
@@ -160,11 +168,25 @@ def walk(mapping: Mapping, exclude: Excluder, symlinks: str, warn) -> list[Local
                 warn(f"{child.path}: cannot stat ({exc.strerror}): skipped")
                 continue
             mode = child_info.st_mode
+            if stat.S_ISLNK(mode) and symlinks == "follow":
+                target = os.path.realpath(child.path)
+                if os.path.commonpath([target, real_root]) != real_root:
+                    warn(f"{child.path}: symlink leads out of src (to {target}): skipped (symlinks = follow)")
+                    continue
+                if target in above:
+                    warn(f"{child.path}: symlink loops back to {target}: skipped")
+                    continue
+                try:
+                    child_info = os.stat(child.path)
+                except OSError as exc:
+                    warn(f"{child.path}: dangling symlink ({exc.strerror}): skipped")
+                    continue
+                mode = child_info.st_mode
             if stat.S_ISDIR(mode):
                 if exclude(rel, True):
                     continue
                 entries.append(_local(child.path, rel, child_info, "d"))
-                subfolders.append((child.path, rel + "/"))
+                subfolders.append((child.path, rel + "/", above | {os.path.realpath(child.path)}))
             elif exclude(rel, False):
                 continue
             elif stat.S_ISREG(mode):
