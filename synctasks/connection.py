@@ -156,9 +156,9 @@ def _fast_transport(sock, *args, **kwargs) -> paramiko.Transport:
 SSH_CONFIGS = (Path("/etc/ssh/ssh_config"), Path("~/.ssh/config").expanduser())
 
 
-def load_ssh_config() -> paramiko.SSHConfig:
+def load_ssh_config(paths=SSH_CONFIGS) -> paramiko.SSHConfig:
     config = paramiko.SSHConfig()
-    for path in SSH_CONFIGS:
+    for path in paths:
         try:
             with open(path) as handle:
                 config.parse(handle)
@@ -238,15 +238,25 @@ def build_connection(host: HostEntry, settings: Settings, lightweight: bool = Fa
         connect_kwargs["key_filename"] = [host.key_filename]
     c = None
     if lightweight:
+        ssh_config = load_ssh_config([settings.ssh_config] if settings.ssh_config else SSH_CONFIGS)
         c = SshConnection(host.name, user=host.user, port=host.port, connect_timeout=int(settings.connect_timeout),
-                          connect_kwargs=connect_kwargs)
+                          connect_kwargs=connect_kwargs, ssh_config=ssh_config)
         if c.needs_fabric:
             c = None
     if c is None:
         from fabric import Config, Connection
 
+        config = Config(runtime_ssh_path=str(settings.ssh_config)) if settings.ssh_config else Config()
         c = Connection(host.name, user=host.user, port=host.port, connect_timeout=int(settings.connect_timeout),
-                       connect_kwargs=connect_kwargs, config=Config())
+                       connect_kwargs=connect_kwargs, config=config)
+        # Jump hosts (ProxyJump) are Connections too, made by Fabric with
+        # its trust-anything policy: give each ours.
+        gateway = c.gateway
+        while isinstance(gateway, Connection):
+            apply_host_key_policy(gateway, settings.host_key_policy, settings.known_hosts,
+                                  f"{host.name} via {gateway.original_host}")
+            gateway.connect_kwargs.setdefault("transport_factory", _fast_transport)
+            gateway = gateway.gateway
     return apply_host_key_policy(c, settings.host_key_policy, settings.known_hosts, host.name)
 
 

@@ -17,6 +17,7 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "delete": "false",
         "exclude": "",
         "symlinks": "copy",
+        "ssh_config": "",
     },
     "logging": {
         "info_log": "logs/info.log",

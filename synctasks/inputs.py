@@ -44,6 +44,7 @@ class Settings:
     delete: bool
     exclude: tuple[str, ...]
     symlinks: str
+    ssh_config: Path | None  #: None: Fabric's defaults (/etc/ssh/ssh_config, ~/.ssh/config)
     info_log: Path
     error_log: Path
     level: str
@@ -218,6 +219,7 @@ def load_settings(
         delete=_bool(s["delete"], where("sync", "delete")),
         exclude=_patterns(s["exclude"]),
         symlinks=_choice(s["symlinks"], where("sync", "symlinks"), K.SYMLINK_MODES),
+        ssh_config=local_path("sync", "ssh_config") if s["ssh_config"].strip() else None,
         info_log=local_path("logging", "info_log"),
         error_log=local_path("logging", "error_log"),
         level=_choice(g["level"], where("logging", "level"), K.LOG_LEVELS, upper=True),
