@@ -18,8 +18,20 @@ from . import constants as K
 from .errors import InputError
 from .inputs import Inventory, load_inventory, load_settings
 from .logger import close_logging, get_logger, setup_logging
+from .progress import for_console, human_bytes
 from .results import GroupResult, HostResult
 from .runner import check_hosts, select_hosts, sync_inventory
+
+
+class _ConsoleHandler(logging.Handler):
+    """Writes to whatever sys.stderr is at the time (progress bars redirect it
+    to print log lines above themselves)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(self.format(record), file=sys.stderr, flush=True)
+        except Exception:
+            self.handleError(record)
 
 
 class _ConsoleFormatter(logging.Formatter):
@@ -34,18 +46,9 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
-def _human_bytes(count: int) -> str:
-    size = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{count} B"
-
-
 def _load(config: str | None, overrides: dict | None = None) -> Inventory:
     settings = load_settings(config, overrides)
-    console = logging.StreamHandler(sys.stderr)
+    console = _ConsoleHandler()
     console.setFormatter(_ConsoleFormatter())
     console.setLevel(logging.WARNING)
     setup_logging(settings, console)
@@ -71,17 +74,18 @@ def _print_items(result: HostResult, verbose: bool, out) -> None:
 
 
 def print_summary(group: GroupResult, out, dry_run: bool = False) -> None:
-    rows = [("HOST", "STATUS", "SENT", "SKIPPED", "DELETED", "FAILED", "BYTES", "SECONDS", "CHANGED")]
+    """One row per host; a failed host's first error in the last column."""
+    rows = [("HOST", "STATUS", "SENT", "SKIPPED", "DELETED", "FAILED", "BYTES", "SECONDS", "CHANGED", "FIRST ERROR")]
     for host, r in group.items():
-        status = "ok" if r.ok else "FAILED"
-        rows.append((host, status, str(r.sent), str(r.skipped), str(r.deleted), str(r.failed),
-                     _human_bytes(r.bytes), f"{r.seconds:.2f}", ("would " if dry_run else "") + ("yes" if r.changed
-                                                                                              else "no")))
+        changed = ("would " if dry_run else "") + ("yes" if r.changed else "no")
+        error = printable(r.first_error or "")
+        if len(error) > 100:
+            error = error[:97] + "..."
+        rows.append((host, "ok" if r.ok else "FAILED", str(r.sent), str(r.skipped), str(r.deleted), str(r.failed),
+                     human_bytes(r.bytes), f"{r.seconds:.2f}", changed, error))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip(), file=out)
-    for host, r in group.failed.items():
-        print(printable(f"{host}: {r.first_error}"), file=out)
 
 
 def run_sync(config: str | None = None, *, only=None, dry_run: bool = False, delete: bool | None = None,
@@ -102,16 +106,23 @@ def run_sync(config: str | None = None, *, only=None, dry_run: bool = False, del
         for handler in logging.getLogger("synctasks").handlers[2:]:
             handler.setLevel(logging.ERROR)
 
+    progress = for_console(quiet or dry_run, out)
+    progress.start([h.name for h in select_hosts(inventory.hosts, only) if h.name in inventory.mappings])
+
     def on_result(result: HostResult) -> None:
+        progress.finished(result)
         if dry_run or verbose:
             _print_items(result, verbose, out)
-        if not quiet:
+        if not quiet and not progress.draws:
             state = "ok" if result.ok else "FAILED: " + printable(result.first_error or "")
             print(f"{result.host}: {state} ({result.sent} sent, {result.skipped} skipped, {result.deleted} deleted,"
-                  f" {_human_bytes(result.bytes)}, {result.seconds:.2f}s)", file=out)
+                  f" {human_bytes(result.bytes)}, {result.seconds:.2f}s)", file=out)
 
-    group = sync_inventory(inventory=inventory, only=only, dry_run=dry_run, delete=delete, checksum=checksum,
-                           force=force, on_result=on_result, lightweight=lightweight)
+    try:
+        group = sync_inventory(inventory=inventory, only=only, dry_run=dry_run, delete=delete, checksum=checksum,
+                               force=force, on_result=on_result, lightweight=lightweight, progress=progress)
+    finally:
+        progress.close()
     seconds = time.monotonic() - started
     if json_path:
         Path(json_path).write_text(json.dumps(group.to_dict(seconds, inventory.warnings), indent=2) + "\n")

@@ -301,6 +301,10 @@ def _open_once(c, label: str) -> None:
         _close_quietly(c)
         raise AuthError(f"login refused for user {c.user!r}: {exc}; check the user, passkey or key_filename",
                         host=label) from None
+    except paramiko.ssh_exception.NoValidConnectionsError as exc:
+        _close_quietly(c)
+        reasons = {getattr(e, "strerror", None) or str(e) for e in exc.errors.values()}
+        raise ConnectError(f"cannot connect to {c.host}:{c.port}: {', '.join(sorted(reasons))}", host=label) from None
     except (socket.timeout, TimeoutError) as exc:
         _close_quietly(c)
         raise ConnectError(f"timed out connecting to {c.host}:{c.port} ({exc or 'no answer'})", host=label) from None

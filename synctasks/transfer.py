@@ -531,6 +531,9 @@ def _apply(c, stream: Stream, plan: HostPlan, mappings: list[Mapping], options: 
 
     # 2. Transfer into the staging folders.
     failed: dict[int, str] = {}
+    planned = getattr(options.progress, "planned", None)
+    if planned:
+        planned(label, len(sends), sum(s.local.size for s in sends))
     scp_status = 0
     if (sends or new_dirs) and options.protocol == "scp":
         scp = ScpStream(token, sends)
