@@ -11,6 +11,7 @@ command -v scp >/dev/null 2>&1 || missing+=(openssh-client)
 command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
 command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 [ -x /usr/sbin/dropbear ] || missing+=(dropbear-bin)
+command -v sudo >/dev/null 2>&1 || missing+=(sudo)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 

@@ -226,6 +226,7 @@ def build_connection(host: HostEntry, settings: Settings, lightweight: bool = Fa
         "banner_timeout": settings.connect_timeout,
         "auth_timeout": settings.connect_timeout,
     }
+    add_secret(host.sudo_password)
     if host.password:
         add_secret(host.password)
         connect_kwargs["password"] = host.password

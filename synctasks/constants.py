@@ -18,6 +18,10 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "exclude": "",
         "symlinks": "copy",
         "ssh_config": "",
+        "sudo": "false",
+        "owner": "",
+        "group": "",
+        "mode": "",
     },
     "logging": {
         "info_log": "logs/info.log",

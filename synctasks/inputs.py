@@ -15,6 +15,7 @@ import configparser
 import json
 import os
 import posixpath
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,10 @@ class Settings:
     delete: bool
     exclude: tuple[str, ...]
     symlinks: str
+    sudo: bool
+    owner: str | None
+    group: str | None
+    mode: int | None
     ssh_config: Path | None  #: None: Fabric's defaults (/etc/ssh/ssh_config, ~/.ssh/config)
     info_log: Path
     error_log: Path
@@ -71,6 +76,8 @@ class HostEntry:
     password: str | None = field(default=None, repr=False)
     key_filename: str | None = None
     source: str = ""  #: "connection_info.json entry 3", for messages
+    #: sudo's password when it is not the login password (sudo_passkey_env)
+    sudo_password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,10 @@ class Mapping:
     is_dir: bool
     exclude: tuple[str, ...] = ()
     source: str = ""  #: "hosts/1.2.3.4.json entry 2", for messages
+    sudo: bool = False  #: write as root (sudo), e.g. where the login user cannot
+    owner: str | None = None  #: chown what is sent
+    group: str | None = None  #: chgrp what is sent
+    mode: int | None = None  #: file mode of what is sent (instead of the local one)
 
 
 @dataclass
@@ -94,7 +105,7 @@ class Inventory:
     warnings: list[str] = field(default_factory=list)
 
     def secrets(self) -> list[str]:
-        return [h.password for h in self.hosts if h.password]
+        return [s for h in self.hosts for s in (h.password, h.sudo_password) if s]
 
 
 # --------------------------------------------------------------------------
@@ -131,6 +142,29 @@ def _choice(value: str, where: str, choices: tuple[str, ...], upper: bool = Fals
     if value not in choices:
         raise InputError(f"{where}: unknown value '{value}': use one of {', '.join(choices)}")
     return value
+
+
+ACCOUNT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def _account(value, where: str) -> str | None:
+    """A user or group name (or number) for chown, or None."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    text = str(value).strip()
+    if isinstance(value, bool) or not ACCOUNT.match(text):
+        raise InputError(f"{where}: '{value}' is not a user or group name: use letters, digits, _ . -")
+    return text
+
+
+def _mode(value, where: str) -> int | None:
+    """An octal file mode ("0640", "640" or 640), or None."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    text = str(value).strip()
+    if isinstance(value, bool) or not re.fullmatch(r"0?[0-7]{3,4}", text) or int(text, 8) > 0o7777:
+        raise InputError(f"{where}: mode '{value}' is not an octal file mode: use e.g. \"0640\"")
+    return int(text, 8)
 
 
 def _patterns(value: str) -> tuple[str, ...]:
@@ -220,6 +254,10 @@ def load_settings(
         exclude=_patterns(s["exclude"]),
         symlinks=_choice(s["symlinks"], where("sync", "symlinks"), K.SYMLINK_MODES),
         ssh_config=local_path("sync", "ssh_config") if s["ssh_config"].strip() else None,
+        sudo=_bool(s["sudo"], where("sync", "sudo")),
+        owner=_account(s["owner"], where("sync", "owner")),
+        group=_account(s["group"], where("sync", "group")),
+        mode=_mode(s["mode"], where("sync", "mode")),
         info_log=local_path("logging", "info_log"),
         error_log=local_path("logging", "error_log"),
         level=_choice(g["level"], where("logging", "level"), K.LOG_LEVELS, upper=True),
@@ -283,8 +321,8 @@ def _warn_unknown(entry: dict, known: tuple[str, ...], where: str, warnings: lis
             warnings.append(f"{where}: unknown key '{key}' is ignored (known keys: {', '.join(known)})")
 
 
-HOST_KEYS = ("ip_address", "user", "passkey", "passkey_env", "port", "key_filename")
-MAPPING_KEYS = ("src", "dest", "exclude")
+HOST_KEYS = ("ip_address", "user", "passkey", "passkey_env", "port", "key_filename", "sudo_passkey_env")
+MAPPING_KEYS = ("src", "dest", "exclude", "sudo", "owner", "group", "mode")
 
 
 def load_hosts(settings: Settings, warnings: list[str], env: TypingMapping[str, str] | None = None) -> list[HostEntry]:
@@ -319,6 +357,13 @@ def load_hosts(settings: Settings, warnings: list[str], env: TypingMapping[str, 
             if variable not in env:
                 raise InputError(f"{where}: passkey_env names ${variable}, which is not set: export it before the run")
             password = env[variable]
+        sudo_variable = _field(entry, "sudo_passkey_env", str, where)
+        sudo_password = None
+        if sudo_variable:
+            if sudo_variable not in env:
+                raise InputError(f"{where}: sudo_passkey_env names ${sudo_variable}, which is not set: "
+                                 "export it before the run")
+            sudo_password = env[sudo_variable]
         key_filename = _field(entry, "key_filename", str, where)
         if key_filename:
             key_path = Path(key_filename).expanduser()
@@ -335,6 +380,7 @@ def load_hosts(settings: Settings, warnings: list[str], env: TypingMapping[str, 
                 password=password or None,
                 key_filename=key_filename,
                 source=where,
+                sudo_password=sudo_password or None,
             )
         )
     return hosts
@@ -352,7 +398,8 @@ def check_dest(dest: str, where: str) -> str:
     return "/" + "/".join(parts)
 
 
-def resolve_mapping(entry: dict, where: str, base_dir: Path, warnings: list[str]) -> Mapping:
+def resolve_mapping(entry: dict, where: str, base_dir: Path, warnings: list[str],
+                    settings: Settings | None = None) -> Mapping:
     _warn_unknown(entry, MAPPING_KEYS, where, warnings)
     src_text = _field(entry, "src", str, where, required=True)
     dest_text = _field(entry, "dest", str, where, required=True)
@@ -380,7 +427,16 @@ def resolve_mapping(entry: dict, where: str, base_dir: Path, warnings: list[str]
     exclude = _field(entry, "exclude", list, where) or []
     if not all(isinstance(p, str) for p in exclude):
         raise InputError(f"{where}: 'exclude' must be a list of strings (gitignore-style patterns)")
-    return Mapping(src=src, dest=dest, is_dir=stat.S_ISDIR(info.st_mode), exclude=tuple(exclude), source=where)
+    sudo = entry.get("sudo")
+    if sudo is not None and not isinstance(sudo, bool):
+        raise InputError(f"{where}: 'sudo' must be true or false, got {type(sudo).__name__}")
+    return Mapping(
+        src=src, dest=dest, is_dir=stat.S_ISDIR(info.st_mode), exclude=tuple(exclude), source=where,
+        sudo=sudo if sudo is not None else bool(settings and settings.sudo),
+        owner=_account(entry["owner"], f"{where}: owner") if "owner" in entry else (settings.owner if settings else None),
+        group=_account(entry["group"], f"{where}: group") if "group" in entry else (settings.group if settings else None),
+        mode=_mode(entry["mode"], f"{where}: mode") if "mode" in entry else (settings.mode if settings else None),
+    )
 
 
 def load_mappings(path: Path, settings: Settings, warnings: list[str]) -> list[Mapping]:
@@ -391,7 +447,7 @@ def load_mappings(path: Path, settings: Settings, warnings: list[str]) -> list[M
     dests: dict[str, int] = {}
     for number, entry in enumerate(entries, 1):
         where = f"{label} entry {number}"
-        mapping = resolve_mapping(entry, where, settings.base_dir, warnings)
+        mapping = resolve_mapping(entry, where, settings.base_dir, warnings, settings)
         if mapping.dest in dests:
             raise InputError(
                 f"{where}: dest {mapping.dest} is also the dest of entry {dests[mapping.dest]}: "

@@ -50,6 +50,8 @@ class Send:
     stage: str = ""
     #: The existing remote folder whose staging folder holds it (its commit).
     host: str = ""
+    #: File mode to give it (the local one, or the mapping's ``mode``).
+    mode: int = 0o644
 
     @property
     def name(self) -> str:
@@ -82,6 +84,7 @@ class MappingPlan:
     new_dirs: list[NewDir] = field(default_factory=list)
     mkparent: list[str] = field(default_factory=list)
     chmods: list[tuple[int, str]] = field(default_factory=list)
+    chowns: list[str] = field(default_factory=list)  #: existing paths whose owner/group must change
     touches: list[tuple[str, str]] = field(default_factory=list)
     removes: list[str] = field(default_factory=list)  #: cleared before sending (type changes)
     deletes: list[str] = field(default_factory=list)  #: --delete, top-most paths only
@@ -109,7 +112,8 @@ class HostPlan:
     @property
     def has_work(self) -> bool:
         return bool(self.stale) or any(
-            p.sends or p.links or p.new_dirs or p.chmods or p.touches or p.removes or p.deletes for p in self.mappings
+            p.sends or p.links or p.new_dirs or p.chmods or p.chowns or p.touches or p.removes or p.deletes
+            for p in self.mappings
         )
 
 
@@ -325,6 +329,8 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
                 blocked.append(path)
             continue
         there = remote.get(path)
+        if there is not None and _owner_differs(mapping, there):
+            plan.chowns.append(path)
         if entry.kind == "d":
             if there is None or there.kind != "d":
                 if there is not None:
@@ -339,6 +345,8 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
             elif there.mode != entry.mode:
                 plan.chmods.append((entry.mode, path))
                 files.append(FileResult(path + "/", "chmod", "mode", flags=".d...p....."))
+            elif plan.chowns and plan.chowns[-1] == path:
+                files.append(FileResult(path + "/", "chown", "owner", flags=".d....og..."))
             continue
         if there is not None and there.kind == "d":
             if not delete:
@@ -353,28 +361,35 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
             if "\n" in entry.link:
                 files.append(FileResult(path, "fail", "the link target contains a newline: fix the link"))
             elif there is not None and there.kind == "l" and there.link == entry.link:
-                files.append(FileResult(path, "skip", "unchanged", flags=".L         "))
+                if plan.chowns and plan.chowns[-1] == path:
+                    files.append(FileResult(path, "chown", "owner", flags=".L....og..."))
+                else:
+                    files.append(FileResult(path, "skip", "unchanged", flags=".L         "))
             else:
                 record = FileResult(path, "link", "new" if there is None else "changed", flags=NEW_LINK)
                 files.append(record)
                 plan.links.append(Send(entry, record, *place(folder)))
             continue
-        reason, flags = _compare_file(entry, there, compare)
+        mode = mapping.mode if mapping.mode is not None else entry.mode
+        reason, flags = _compare_file(entry, there, compare, mode)
         if reason == "unchanged":
-            files.append(FileResult(path, "skip", reason, entry.size, flags=".f         "))
+            if plan.chowns and plan.chowns[-1] == path:
+                files.append(FileResult(path, "chown", "owner", entry.size, flags=".f....og..."))
+            else:
+                files.append(FileResult(path, "skip", reason, entry.size, flags=".f         "))
         elif reason in ("mode", "mtime-only"):
             if reason == "mtime-only":
                 plan.touches.append((touch_stamp(entry.mtime_ns), path))
                 files.append(FileResult(path, "touch", "mtime", flags=flags))
-                if there.mode != entry.mode:
-                    plan.chmods.append((entry.mode, path))
+                if there.mode != mode:
+                    plan.chmods.append((mode, path))
             else:
-                plan.chmods.append((entry.mode, path))
+                plan.chmods.append((mode, path))
                 files.append(FileResult(path, "chmod", "mode", flags=flags))
         else:
             record = FileResult(path, "send", reason, entry.size, flags=flags)
             files.append(record)
-            plan.sends.append(Send(entry, record, *place(folder)))
+            plan.sends.append(Send(entry, record, *place(folder), mode))
 
     if delete and mapping.is_dir:
         extraneous = sorted((p for p in remote if p not in wanted and p != dest), reverse=True)
@@ -402,7 +417,19 @@ def _excluded_or_below(rel: str, is_dir: bool, exclude: Excluder) -> bool:
     return any(exclude("/".join(parts[:i]), True) for i in range(1, len(parts)))
 
 
-def _compare_file(entry: LocalEntry, there: RemoteEntry | None, compare: str) -> tuple[str, str]:
+def _owner_differs(mapping: Mapping, there: RemoteEntry) -> bool:
+    return bool((mapping.owner and mapping.owner not in (there.owner, "")) or
+                (mapping.group and mapping.group not in (there.group, "")))
+
+
+def chown_spec(mapping: Mapping) -> str | None:
+    """chown's argument for a mapping's owner/group, or None."""
+    if not (mapping.owner or mapping.group):
+        return None
+    return (mapping.owner or "") + (":" + mapping.group if mapping.group else "")
+
+
+def _compare_file(entry: LocalEntry, there: RemoteEntry | None, compare: str, mode: int) -> tuple[str, str]:
     """(reason, itemize flags) for one local file against its remote twin."""
     if there is None:
         return "new", NEW_FILE
@@ -410,7 +437,7 @@ def _compare_file(entry: LocalEntry, there: RemoteEntry | None, compare: str) ->
         return "type", NEW_FILE
     size_differs = there.size != entry.size
     mtime_differs = there.mtime != entry.mtime_ns // 1_000_000_000
-    mode_differs = there.mode != entry.mode
+    mode_differs = there.mode != mode
     if compare == "checksum":
         content_differs = size_differs or there.sha256 != sha256_file(entry.path)
     else:

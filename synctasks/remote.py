@@ -34,11 +34,11 @@ from .constants import STAGING_PREFIX
 # The script is one ``sh -c`` argument. Kept free of "!" and of anything a
 # login shell could expand inside single quotes.
 SCRIPT = r"""
-mode=$2
+mode=$2; skip=$3
 # The run's token carries this shell's PID: a staging folder whose PID is
 # alive belongs to a run in progress (another run may share its parent).
 if [ "$mode" = ops ]; then t=$1; else t=$$-$1; fi
-shift 2
+shift 3
 P=__STAGING__
 STALE='for s do
   n=${s##*/}; r=${n#__STAGING__}; pid=${r%%-*}
@@ -87,7 +87,7 @@ if [ "$mode" != ops ]; then
     if [ "$k" = d ]; then depth=; else depth='-maxdepth 0'; fi
     if [ -e "$d" ] || [ -h "$d" ]; then
       find -H "$d" $depth -name "$P*" -prune -exec sh -c "$STALE" sh {} + \
-        -o -printf 'E%y %m %s %T@ %p\0%l\0'
+        -o -printf 'E%y %m %s %T@ %u:%g %p\0%l\0'
       if [ "$mode" = checksum ]; then
         find -H "$d" $depth -name "$P*" -prune -o -type f -exec sha256sum -z -- {} +
       fi
@@ -101,6 +101,10 @@ if [ "$mode" != ops ]; then
 fi
 umask 077
 while IFS= read -r line; do
+  if [ "$skip" = 1 ]; then
+    # Under sudo -S: the password line we sent, if sudo did not need it.
+    skip=0; case $line in "@@$t@@ "*) ;; *) continue ;; esac
+  fi
   case $line in "@@$t@@ "*) op=${line#"@@$t@@ "} ;; *) mark bad 3; exit 3 ;; esac
   case $op in
   rm) batch 'rm -rf --' '' '' 2>&1; mark rm $? ;;
@@ -121,6 +125,9 @@ while IFS= read -r line; do
   chmod) IFS= read -r bits
     case $bits in *[!0-7]*|'') mark bad 3; exit 3 ;; esac
     batch "chmod $bits --" '' '' 2>&1; mark chmod $? ;;
+  chown) IFS= read -r spec
+    case $spec in *[!A-Za-z0-9_.:-]*|'') mark bad 3; exit 3 ;; esac
+    batch "chown -h $spec --" '' '' 2>&1; mark chown $? ;;
   touch) IFS= read -r stamp
     case $stamp in *[!0-9.]*|'') mark bad 3; exit 3 ;; esac
     TZ=UTC0; export TZ; batch "touch -m -t $stamp --" '' '' 2>&1; rc=$?; unset TZ; mark touch $rc ;;
@@ -135,14 +142,18 @@ def staging_name(token: str) -> str:
     return STAGING_PREFIX + token
 
 
-def command(token: str, mode: str, dests: list[tuple[bool, str]]) -> str:
+def command(token: str, mode: str, dests: list[tuple[bool, str]], sudo: bool = False,
+            password_line: bool = False) -> str:
     """The one remote command of a host.
 
-    ``mode`` is ``size-mtime`` or ``checksum`` (list, then take ops) or
-    ``ops`` (no listing); ``dests`` holds ``(is_dir, dest)`` per mapping.
+    ``mode`` is ``list`` or ``checksum`` (list, then take ops) or ``ops`` (no
+    listing); ``dests`` holds ``(is_dir, dest)`` per mapping. With ``sudo``
+    the script runs as root through ``sudo -S``; ``password_line`` says the
+    first stdin line is sudo's password (skipped if sudo did not read it).
     """
-    args = [token, mode] + [("d:" if is_dir else "f:") + dest for is_dir, dest in dests]
-    return "exec sh -c " + shlex.quote(SCRIPT) + " sh " + " ".join(shlex.quote(a) for a in args)
+    args = [token, mode, "1" if password_line else "0"] + [("d:" if d else "f:") + dest for d, dest in dests]
+    prefix = "exec sudo -S -p '' -- sh -c " if sudo else "exec sh -c "
+    return prefix + shlex.quote(SCRIPT) + " sh " + " ".join(shlex.quote(a) for a in args)
 
 
 # --------------------------------------------------------------------------
@@ -156,6 +167,8 @@ class RemoteEntry:
     mtime: int  #: whole seconds
     link: str = ""
     sha256: str | None = None
+    owner: str = ""
+    group: str = ""
 
 
 @dataclass
@@ -199,13 +212,16 @@ def parse_listing(data: bytes) -> Listing:
         elif tag == b"E":
             link = records[i] if i < len(records) else b""
             i += 1
-            kind, mode, size, mtime, path = record[1:].split(b" ", 4)
+            kind, mode, size, mtime, owners, path = record[1:].split(b" ", 5)
+            owner, _, group = _text(owners).partition(":")
             current[_text(path)] = RemoteEntry(
                 kind=kind.decode(),
                 mode=int(mode, 8),
                 size=int(size),
                 mtime=int(mtime.split(b".")[0]),
                 link=_text(link),
+                owner=owner,
+                group=group,
             )
         elif len(record) > 66 and record[64:66] == b"  ":
             path = _text(record[66:])
@@ -262,6 +278,10 @@ class Ops:
 
     def chmod(self, mode: int, paths: list[str]) -> None:
         self._batch("chmod", [f"{mode:04o}"], paths)
+
+    def chown(self, spec: str, paths: list[str]) -> None:
+        """``spec``: owner, owner:group or :group."""
+        self._batch("chown", [spec], paths)
 
     def touch(self, stamp: str, paths: list[str]) -> None:
         self._batch("touch", [stamp], paths)

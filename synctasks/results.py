@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from .constants import EXIT_FAILED, EXIT_OK, REPORT_VERSION
 
 #: Actions that change the remote side.
-CHANGING = frozenset({"send", "delete", "chmod", "touch", "mkdir", "link"})
+CHANGING = frozenset({"send", "delete", "chmod", "chown", "touch", "mkdir", "link"})
 
 
 @dataclass(slots=True)
 class FileResult:
     #: The remote path the action is about.
     path: str
-    #: send | skip | delete | chmod | touch | mkdir | link | fail
+    #: send | skip | delete | chmod | chown | touch | mkdir | link | fail
     action: str
     #: Why: new, size, mtime, checksum, mode, type, unchanged, extraneous, or the error.
     reason: str = ""

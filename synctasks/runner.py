@@ -25,7 +25,7 @@ from . import constants as K
 from .connection import apply_host_key_policy, build_connection, open_connection
 from .errors import InputError, SyncFailed, SyncTasksError
 from .inputs import HostEntry, Inventory, Mapping, Settings, load_inventory, resolve_mapping
-from .logger import get_logger
+from .logger import add_secret, get_logger
 from .plan import LocalTrees
 from .results import GroupResult, HostResult
 from .transfer import SyncOptions, remote_status, sync_connection
@@ -52,14 +52,15 @@ def options_from(settings: Settings, **flags: Any) -> SyncOptions:
     )
 
 
-def _as_mappings(mappings: Iterable[Mapping | dict], base_dir: Path) -> list[Mapping]:
+def _as_mappings(mappings: Iterable[Mapping | dict], base_dir: Path, settings: Settings | None = None
+                 ) -> list[Mapping]:
     resolved: list[Mapping] = []
     warnings: list[str] = []
     for number, item in enumerate(mappings, 1):
         if isinstance(item, Mapping):
             resolved.append(item)
         elif isinstance(item, dict):
-            resolved.append(resolve_mapping(item, f"mapping {number}", base_dir, warnings))
+            resolved.append(resolve_mapping(item, f"mapping {number}", base_dir, warnings, settings))
         else:
             raise InputError(f"mapping {number}: expected a dict with src and dest, got {type(item).__name__}")
     log = get_logger()
@@ -70,7 +71,7 @@ def _as_mappings(mappings: Iterable[Mapping | dict], base_dir: Path) -> list[Map
 
 def sync_host(c, mappings: Iterable[Mapping | dict], *, settings: Settings | None = None,
               options: SyncOptions | None = None, base_dir: str | os.PathLike | None = None,
-              **flags: Any) -> HostResult:
+              sudo_password: str | None = None, **flags: Any) -> HostResult:
     """Sync ``mappings`` (``{"src", "dest"}`` dicts or Mapping records) to the
     host of Fabric Connection ``c`` and return its :class:`HostResult`.
 
@@ -78,10 +79,12 @@ def sync_host(c, mappings: Iterable[Mapping | dict], *, settings: Settings | Non
     (strict against ~/.ssh/known_hosts when no settings are given). Relative
     ``src`` paths resolve against ``base_dir`` (default: the current folder).
     Errors reaching the host raise :class:`~synctasks.errors.SyncTasksError`
-    subclasses; per-file failures are in the result.
+    subclasses; per-file failures are in the result. Mappings with
+    ``"sudo": true`` go through ``sudo -S`` with ``sudo_password`` (default:
+    the connection's password).
     """
     label = c.original_host
-    resolved = _as_mappings(mappings, Path(base_dir or os.getcwd()))
+    resolved = _as_mappings(mappings, Path(base_dir or os.getcwd()), settings)
     if options is None:
         options = options_from(settings, **flags) if settings else SyncOptions(
             compare="checksum" if flags.get("checksum") else "size-mtime",
@@ -92,7 +95,10 @@ def sync_host(c, mappings: Iterable[Mapping | dict], *, settings: Settings | Non
         else:
             apply_host_key_policy(c, settings.host_key_policy, settings.known_hosts, label)
         open_connection(c, label, settings.retries if settings else 0)
-    return sync_connection(c, resolved, options, label)
+    if sudo_password is None:
+        sudo_password = (getattr(c, "connect_kwargs", None) or {}).get("password")
+    add_secret(sudo_password)
+    return sync_connection(c, resolved, options, label, sudo_password=sudo_password)
 
 
 def select_hosts(hosts: list[HostEntry], only: str | Iterable[str] | None) -> list[HostEntry]:
@@ -119,7 +125,7 @@ def _sync_entry(host: HostEntry, mappings: list[Mapping], settings: Settings, op
         c = build_connection(host, settings, lightweight)
         try:
             open_connection(c, host.name)
-            result = sync_connection(c, mappings, options, host.name, trees)
+            result = sync_connection(c, mappings, options, host.name, trees, host.sudo_password or host.password)
             break
         except SyncTasksError as exc:
             message = str(exc)

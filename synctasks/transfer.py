@@ -34,9 +34,9 @@ import paramiko
 from .errors import RemoteError
 from .inputs import Mapping
 from .logger import get_logger
-from .plan import HostPlan, LocalTrees, MappingPlan, NewDir, Send, plan_host
+from .plan import HostPlan, LocalTrees, MappingPlan, NewDir, Send, chown_spec, plan_host
 from .remote import Listing, Ops, command, marker, parse_listing, staging_name
-from .results import CHANGING, HostResult
+from .results import CHANGING, HostResult, MappingResult
 
 CHUNK = 1 << 20  #: bytes read from a local file at a time
 FLUSH = 1 << 18  #: small files are batched into writes of about this size
@@ -279,7 +279,7 @@ def _file_header(send: Send) -> bytes:
     seconds, nanos = divmod(entry.mtime_ns, 1_000_000_000)
     a_seconds, a_nanos = divmod(entry.atime_ns, 1_000_000_000)
     return (b"T%d %d %d %d\n" % (seconds, nanos // 1000, a_seconds, a_nanos // 1000)
-            + b"C%04o %d " % (entry.mode & 0o7777, entry.size)
+            + b"C%04o %d " % (send.mode & 0o7777, entry.size)
             + send.name.encode("utf-8", "surrogateescape") + b"\n")
 
 
@@ -408,14 +408,53 @@ def remote_status(c, command: str, timeout: float = STALL_TIMEOUT) -> int:
         chan.close()
 
 
-def _open_script(c, token: str, mode: str, mappings: list[Mapping], label: str,
-                 timeout: float = STALL_TIMEOUT) -> Stream:
+@dataclass
+class Target:
+    """Where one script runs: a connection, as the login user or through sudo."""
+
+    c: object  #: an open Fabric Connection or SshConnection
+    label: str
+    sudo: bool = False
+    password: str | None = field(default=None, repr=False)  #: sudo's password, if it asks
+    timeout: float = STALL_TIMEOUT
+
+
+#: What sudo says when it will not run the script.
+SUDO_REFUSALS = ("try again", "incorrect password", "not in the sudoers", "not allowed to execute",
+                 "a password is required", "no tty present", "a terminal is required")
+
+
+def _open_script(target: Target, token: str, mode: str, mappings: list[Mapping]) -> Stream:
     try:
-        chan = c.transport.open_session(timeout=timeout)
-        chan.exec_command(command(token, mode, [(m.is_dir, m.dest) for m in mappings]))
+        chan = target.c.transport.open_session(timeout=target.timeout)
+        chan.exec_command(command(token, mode, [(m.is_dir, m.dest) for m in mappings], target.sudo,
+                                  bool(target.sudo and target.password)))
     except (OSError, EOFError, paramiko.SSHException) as exc:
-        raise RemoteError(f"cannot start the remote command: {exc}", host=label, transient=True) from None
-    return Stream(chan, label, timeout)
+        raise RemoteError(f"cannot start the remote command: {exc}", host=target.label, transient=True) from None
+    stream = Stream(chan, target.label, target.timeout)
+    if target.sudo:
+        if target.password:
+            stream.send(target.password.encode() + b"\n")
+        _wait_for_sudo(stream)
+    return stream
+
+
+def _wait_for_sudo(stream: Stream) -> None:
+    """Wait until the script answers, or sudo says no (it would then sit
+    waiting for another password try)."""
+    deadline = time.monotonic() + stream.timeout
+    while True:
+        stream._take_stderr()
+        said = stream.err.decode("utf-8", "replace")
+        if any(refusal in said.lower() for refusal in SUDO_REFUSALS):
+            last = [l for l in said.splitlines() if l.strip()][-1:] or [said]
+            raise RemoteError(f"sudo refused: {last[0].strip()}; check the user's sudo rights and the sudo "
+                              "password (passkey or sudo_passkey_env)", host=stream.label)
+        if stream.chan.recv_ready() or stream.chan.exit_status_ready():
+            return
+        if time.monotonic() > deadline:
+            raise RemoteError(f"no answer from sudo for {stream.timeout:.0f}s", host=stream.label)
+        time.sleep(0.005)
 
 
 def read_listing(stream: Stream) -> Listing:
@@ -427,12 +466,13 @@ def read_listing(stream: Stream) -> Listing:
     return parse_listing(first + stream.read_until(b"Z" + token + b"\0"))
 
 
-def sync_host_plan(c, label: str, mappings: list[Mapping], options: SyncOptions, result: HostResult,
-                   trees: LocalTrees | None = None) -> None:
-    """List, plan and (unless a dry run) apply, filling ``result``."""
+def sync_host_plan(target: Target, mappings: list[Mapping], options: SyncOptions,
+                   trees: LocalTrees | None = None) -> list[MappingResult]:
+    """List, plan and (unless a dry run) apply; the mappings' results."""
+    label = target.label
     log = get_logger(label)
     mode = "checksum" if options.compare == "checksum" else "list"
-    stream = _open_script(c, secrets.token_hex(8), mode, mappings, label, options.io_timeout)
+    stream = _open_script(target, secrets.token_hex(8), mode, mappings)
     listing = read_listing(stream)
     token = listing.token
     log.debug("listed %d remote entries in %d dests", sum(len(e) for e in listing.entries.values()),
@@ -440,7 +480,7 @@ def sync_host_plan(c, label: str, mappings: list[Mapping], options: SyncOptions,
     trees = trees or LocalTrees(options.exclude, options.symlinks, log.warning)
     plan = plan_host(token, mappings, listing, trees, compare=options.compare, delete=options.delete,
                      warn=log.warning)
-    result.mappings = [p.result for p in plan.mappings]
+    results = [p.result for p in plan.mappings]
     if options.delete:
         _check_delete_safety(plan, listing, options, label)
     if options.dry_run or not plan.has_work:
@@ -448,8 +488,9 @@ def sync_host_plan(c, label: str, mappings: list[Mapping], options: SyncOptions,
         ops.quit()
         stream.send(ops.take())
         stream.chan.close()
-        return
-    _apply(c, stream, plan, mappings, options, label)
+        return results
+    _apply(target, stream, plan, mappings, options)
+    return results
 
 
 def _check_delete_safety(plan: HostPlan, listing: Listing, options: SyncOptions, label: str) -> None:
@@ -493,8 +534,9 @@ def _fail_records(mapping_plan: MappingPlan, reason: str, actions=CHANGING) -> N
             record.action, record.reason = "fail", reason
 
 
-def _apply(c, stream: Stream, plan: HostPlan, mappings: list[Mapping], options: SyncOptions, label: str) -> None:
+def _apply(target: Target, stream: Stream, plan: HostPlan, mappings: list[Mapping], options: SyncOptions) -> None:
     """Prepare, transfer, commit (see the module docstring)."""
+    label = target.label
     log = get_logger(label)
     token = plan.token
     staging = staging_name(token)
@@ -535,7 +577,9 @@ def _apply(c, stream: Stream, plan: HostPlan, mappings: list[Mapping], options: 
     if planned:
         planned(label, len(sends), sum(s.local.size for s in sends))
     scp_status = 0
-    if (sends or new_dirs) and options.protocol == "scp":
+    # Through sudo, files are received by root's scp: SFTP would write as the
+    # login user.
+    if (sends or new_dirs) and (options.protocol == "scp" or target.sudo):
         scp = ScpStream(token, sends)
         records, length = scp_records(scp, new_dirs)
         # Many small files: worth the extra pipe. Bulk data: not.
@@ -558,7 +602,7 @@ def _apply(c, stream: Stream, plan: HostPlan, mappings: list[Mapping], options: 
             for mapping_plan in live:
                 _fail_records(mapping_plan, reason, ("mkdir",))
     elif sends or new_dirs:
-        _send_sftp(c, sends, new_dirs, failed, options, label)
+        _send_sftp(target.c, sends, new_dirs, failed, options, label)
     for send in sends:
         if id(send) in failed:
             failed[id(send)] = _staging_free(failed[id(send)], send, staging)
@@ -569,7 +613,7 @@ def _apply(c, stream: Stream, plan: HostPlan, mappings: list[Mapping], options: 
     first = None
     if scp_status:
         first = stream
-        stream = _open_script(c, token, "ops", mappings, label, options.io_timeout)
+        stream = _open_script(target, token, "ops", mappings)
         markers = Markers(stream, token)
     try:
         _commit(stream, markers, plan, live, sends, links, failed, label)
@@ -610,7 +654,7 @@ def _send_sftp(c, sends: list[Send], new_dirs: list[NewDir], failed: dict[int, s
             entry = send.local
             try:
                 sftp.put(entry.path, path, confirm=True)
-                sftp.chmod(path, entry.mode & 0o7777)
+                sftp.chmod(path, send.mode & 0o7777)
                 sftp.utime(path, (entry.atime_ns / 1e9, entry.mtime_ns / 1e9))
             except (OSError, paramiko.SSHException) as exc:
                 failed[id(send)] = f"sftp: {exc}"
@@ -636,6 +680,16 @@ def _commit(stream: Stream, markers: Markers, plan: HostPlan, live: list[Mapping
     # A staging folder must hold only what arrived whole: drop the rest.
     ops.rm([posixpath.join(s.stage, s.name) for s in sends if id(s) in failed])
     moving = [s for s in sends if id(s) not in failed] + links
+    # Owner and group before the move, so files appear with them.
+    owned: dict[str, list[str]] = {}
+    for mapping_plan in live:
+        spec = chown_spec(mapping_plan.mapping)
+        if spec:
+            owned.setdefault(spec, []).extend(
+                [posixpath.join(s.stage, s.name) for s in mapping_plan.sends + mapping_plan.links
+                 if id(s) not in failed] + [d.stage for d in mapping_plan.new_dirs])
+    for spec, paths in owned.items():
+        ops.chown(spec, paths)
     # How many names each staging folder holds directly (files inside a new
     # folder travel with it).
     children: dict[str, int] = {}
@@ -654,6 +708,10 @@ def _commit(stream: Stream, markers: Markers, plan: HostPlan, live: list[Mapping
     # Deepest first, so a folder made read-only is chmodded after its contents.
     for mode, paths in sorted(by_mode.items()):
         ops.chmod(mode, sorted(paths, key=lambda p: -p.count("/")))
+    for mapping_plan in live:
+        spec = chown_spec(mapping_plan.mapping)
+        if spec:
+            ops.chown(spec, mapping_plan.chowns)
     by_stamp: dict[str, list[str]] = {}
     for mapping_plan in live:
         for stamp, path in mapping_plan.touches:
@@ -696,24 +754,34 @@ def _commit(stream: Stream, markers: Markers, plan: HostPlan, live: list[Mapping
             log.error("%s: %s", send.result.path, send.result.reason)
     for op, problem in problems.items():
         log.error("%s", problem)
-        actions = {"chmod": ("chmod",), "touch": ("touch",), "rm": ("delete",)}.get(op, ())
+        actions = {"chmod": ("chmod",), "touch": ("touch",), "rm": ("delete",),
+                   "chown": ("chown", "send", "link", "mkdir")}.get(op, ())
         for mapping_plan in live:
             _fail_records(mapping_plan, problem, actions)
     stream.chan.close()
 
 
 def sync_connection(c, mappings: list[Mapping], options: SyncOptions | None = None, label: str | None = None,
-                    trees: LocalTrees | None = None) -> HostResult:
+                    trees: LocalTrees | None = None, sudo_password: str | None = None) -> HostResult:
     """Sync ``mappings`` to the host of an OPEN connection ``c``.
 
+    Mappings with ``sudo`` run through ``sudo -S`` (one remote command for
+    them, one for the rest), with ``sudo_password`` if sudo asks for one.
     ``trees`` shares local walks between hosts of one run.
     """
     options = options or SyncOptions()
     label = label or c.original_host
     result = HostResult(host=label, dry_run=options.dry_run)
     started = time.monotonic()
+    by_mapping: dict[int, MappingResult] = {}
     try:
-        sync_host_plan(c, label, mappings, options, result, trees)
+        for sudo in (False, True):
+            group = [m for m in mappings if m.sudo == sudo]
+            if group:
+                target = Target(c, label, sudo, sudo_password if sudo else None, options.io_timeout)
+                for mapping, mapping_result in zip(group, sync_host_plan(target, group, options, trees)):
+                    by_mapping[id(mapping)] = mapping_result
     finally:
+        result.mappings = [by_mapping[id(m)] for m in mappings if id(m) in by_mapping]
         result.seconds = time.monotonic() - started
     return result
