@@ -61,6 +61,24 @@ def dropbear_server(server_root, client_key, server):
         yield srv
 
 
+SUDOERS = Path("/etc/sudoers.d/synctasks-test")
+
+
+@pytest.fixture(scope="session")
+def sudo_rights(server):
+    """The login user may sudo, with its password (asked every time)."""
+    if not Path("/usr/bin/sudo").exists():
+        pytest.fail("sudo is missing: scripts/bootstrap.sh installs it")
+    SUDOERS.write_text(f"Defaults:{server.user} timestamp_timeout=0, !lecture\n{server.user} ALL=(ALL) ALL\n")
+    SUDOERS.chmod(0o440)
+    import subprocess
+
+    check = subprocess.run(["visudo", "-c", "-f", str(SUDOERS)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    yield
+    SUDOERS.unlink()
+
+
 @pytest.fixture
 def remote(server, server_root):
     """A fresh folder the login user owns: the "remote" side of a test."""

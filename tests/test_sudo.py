@@ -6,28 +6,12 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import subprocess
 from pathlib import Path
 
 import pytest
 from conftest import MAIN_HOSTS
 
 from synctasks.constants import STAGING_PREFIX
-
-SUDOERS = Path("/etc/sudoers.d/synctasks-test")
-
-
-@pytest.fixture(scope="module")
-def sudo_rights(server):
-    if not Path("/usr/bin/sudo").exists():
-        pytest.fail("sudo is missing: scripts/bootstrap.sh installs it")
-    SUDOERS.write_text(f"Defaults:{server.user} timestamp_timeout=0, !lecture\n{server.user} ALL=(ALL) ALL\n")
-    SUDOERS.chmod(0o440)
-    check = subprocess.run(["visudo", "-c", "-f", str(SUDOERS)], capture_output=True, text=True)
-    assert check.returncode == 0, check.stderr
-    yield
-    SUDOERS.unlink()
-
 
 @pytest.fixture
 def root_dest(server_root):
