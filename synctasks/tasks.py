@@ -47,7 +47,7 @@ def _finish(status: int) -> None:
         raise Exit(code=status)
 
 
-@task(help=HELP)
+@task(help=HELP, auto_shortflags=False)
 def sync(c, config=None, only=None, dry_run=False, delete=False, force=False, checksum=False, json=None,
          quiet=False, verbose=False):
     """Sync every host's mappings (hosts/<ip>.json) over SCP."""
@@ -55,20 +55,20 @@ def sync(c, config=None, only=None, dry_run=False, delete=False, force=False, ch
                          checksum=checksum, json_path=json, quiet=quiet, verbose=verbose, force=force))
 
 
-@task(help={k: HELP[k] for k in ("config", "only", "delete", "checksum", "json", "verbose")})
+@task(help={k: HELP[k] for k in ("config", "only", "delete", "checksum", "json", "verbose")}, auto_shortflags=False)
 def plan(c, config=None, only=None, delete=False, checksum=False, json=None, verbose=False):
     """Show what sync would do, per file, without changing anything."""
     _finish(cli.run_sync(_config(config), only=_only(c, only), dry_run=True, delete=delete or None,
                          checksum=checksum, json_path=json, verbose=verbose))
 
 
-@task(help={"config": HELP["config"]})
+@task(help={"config": HELP["config"]}, auto_shortflags=False)
 def validate(c, config=None):
-    """Check config.ini, connection_info.json and hosts/*.json; connect to nothing."""
+    """Check the three input files; connect to nothing."""
     _finish(cli.run_validate(_config(config)))
 
 
-@task(help={"config": HELP["config"], "only": "hosts to check"})
+@task(help={"config": HELP["config"], "only": "hosts to check"}, auto_shortflags=False)
 def check(c, config=None, only=None):
     """Connect to every host: verify its host key and the login."""
     _finish(cli.run_check(_config(config), _only(c, only)))
