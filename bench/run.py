@@ -128,29 +128,30 @@ class Bench:
         return a
 
 
-def case_small(b: Bench, rounds: int, src: Path) -> float:
-    ours_dest, ref_dest = b.remote / HOSTS[0] / "small-a", b.remote / HOSTS[0] / "small-b"
+def first_syncs(b: Bench, rounds: int, src: Path, host: str, port: int | None = None) -> tuple[list, list]:
+    """Alternate first syncs of ``src`` (synctasks, rsync) to ``host``."""
+    ours_dest, ref_dest = b.remote / host / "first-a", b.remote / host / "first-b"
     b.server.make_writable_dir(ours_dest.parent)
     ours, theirs = [], []
     for _ in range(rounds):
         b.clear(ours_dest, ref_dest)
-        ours.append(b.synctasks({HOSTS[0]: [{"src": str(src), "dest": str(ours_dest)}]})[0])
-        theirs.append(b.rsync(src, HOSTS[0], ref_dest))
+        ours.append(b.synctasks({host: [{"src": str(src), "dest": str(ours_dest)}]},
+                                {host: port} if port else None)[0])
+        theirs.append(b.rsync(src, host, ref_dest, port=port))
+    b.clear(ours_dest, ref_dest)
+    return ours, theirs
+
+
+def case_small(b: Bench, rounds: int, src: Path) -> float:
+    ours, theirs = first_syncs(b, rounds, src, HOSTS[0])
     return b.record("2,000 x 4 KiB, first sync, 1 host", ours, theirs, "rsync -a", 1.0)
 
 
 def case_latency(b: Bench, rounds: int, src: Path) -> None:
-    ours_dest, ref_dest = b.remote / HOSTS[1] / "lat-a", b.remote / HOSTS[1] / "lat-b"
-    b.server.make_writable_dir(ours_dest.parent)
     with TcpProxy((HOSTS[1], b.server.port), delay=0.010, listen=(HOSTS[1], 0)) as proxy:
         with open(b.known_hosts, "a") as handle:
             handle.write(f"[{HOSTS[1]}]:{proxy.port} {b.server.host_key_line}\n")
-        ours, theirs = [], []
-        for _ in range(rounds):
-            b.clear(ours_dest, ref_dest)
-            ours.append(b.synctasks({HOSTS[1]: [{"src": str(src), "dest": str(ours_dest)}]},
-                                    {HOSTS[1]: proxy.port})[0])
-            theirs.append(b.rsync(src, HOSTS[1], ref_dest, port=proxy.port))
+        ours, theirs = first_syncs(b, rounds, src, HOSTS[1], proxy.port)
     b.record("same, 20 ms round trip (proxy)", ours, theirs, "rsync -a", 1.2)
 
 

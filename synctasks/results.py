@@ -36,12 +36,34 @@ class FileResult:
                 "flags": self.flags}
 
 
-def _count(files: list[FileResult], action: str) -> int:
-    return sum(1 for f in files if f.action == action)
+class _Tally:
+    """Counts of file actions, for anything with ``_all()`` records."""
+
+    def _all(self) -> list[FileResult]:
+        raise NotImplementedError
+
+    def _count(self, action: str) -> int:
+        return sum(1 for f in self._all() if f.action == action)
+
+    @property
+    def sent(self) -> int:
+        return self._count("send")
+
+    @property
+    def skipped(self) -> int:
+        return self._count("skip")
+
+    @property
+    def deleted(self) -> int:
+        return self._count("delete")
+
+    @property
+    def failed(self) -> int:
+        return self._count("fail")
 
 
 @dataclass
-class MappingResult:
+class MappingResult(_Tally):
     #: Local source (absolute).
     src: str
     #: Remote path src became.
@@ -49,25 +71,12 @@ class MappingResult:
     #: One record per file or folder acted on (skips included).
     files: list[FileResult] = field(default_factory=list)
 
+    def _all(self) -> list[FileResult]:
+        return self.files
+
     @property
     def changed(self) -> bool:
         return any(f.changed for f in self.files)
-
-    @property
-    def sent(self) -> int:
-        return _count(self.files, "send")
-
-    @property
-    def skipped(self) -> int:
-        return _count(self.files, "skip")
-
-    @property
-    def deleted(self) -> int:
-        return _count(self.files, "delete")
-
-    @property
-    def failed(self) -> int:
-        return _count(self.files, "fail")
 
     @property
     def bytes(self) -> int:
@@ -80,7 +89,7 @@ class MappingResult:
 
 
 @dataclass
-class HostResult:
+class HostResult(_Tally):
     #: The host as named in connection_info.json (or the Connection's host).
     host: str
     #: Per mapping, in mapper-file order.
@@ -103,22 +112,6 @@ class HostResult:
     def changed(self) -> bool:
         """Whether anything changed remotely (in a dry run: would change)."""
         return any(m.changed for m in self.mappings)
-
-    @property
-    def sent(self) -> int:
-        return _count(self._all(), "send")
-
-    @property
-    def skipped(self) -> int:
-        return _count(self._all(), "skip")
-
-    @property
-    def deleted(self) -> int:
-        return _count(self._all(), "delete")
-
-    @property
-    def failed(self) -> int:
-        return _count(self._all(), "fail")
 
     @property
     def bytes(self) -> int:

@@ -27,7 +27,6 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass, field
-from itertools import groupby
 
 import paramiko
 

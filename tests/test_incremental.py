@@ -27,6 +27,16 @@ def site(project, files: int = 5):
     return project.root / "site"
 
 
+def synced(project, target, remote, dest_name: str = "www"):
+    """A first sync of the sample site to ``target``: (src, dest)."""
+    srv, address = target
+    src = site(project)
+    dest = remote / dest_name
+    project.add_host(srv, address, [{"src": "site", "dest": str(dest)}])
+    assert project.run()[0] == 0
+    return src, dest
+
+
 def report(project, *args, capsys):
     path = project.root / "report.json"
     status, out, err = project.run("--json", str(path), *args, capsys=capsys)
@@ -54,11 +64,7 @@ def test_second_run_sends_nothing_and_keeps_inodes(project, target, remote, caps
 
 
 def test_only_the_touched_file_is_sent(project, target, remote, capsys):
-    srv, address = target
-    src = site(project)
-    dest = remote / "www"
-    project.add_host(srv, address, [{"src": "site", "dest": str(dest)}])
-    assert project.run()[0] == 0
+    src, dest = synced(project, target, remote)
     before = tree_state(dest)
     touched = src / "dir0" / "f2.txt"
     stamp = touched.stat().st_mtime_ns + 5_000_000_000
@@ -75,11 +81,7 @@ def test_only_the_touched_file_is_sent(project, target, remote, capsys):
 
 
 def test_same_size_same_mtime_change_needs_checksum(project, target, remote, capsys):
-    srv, address = target
-    src = site(project)
-    dest = remote / "www"
-    project.add_host(srv, address, [{"src": "site", "dest": str(dest)}])
-    assert project.run()[0] == 0
+    src, dest = synced(project, target, remote)
     victim = src / "top.txt"
     info = victim.stat()
     victim.write_text("TOP\n")  # same size
@@ -96,37 +98,29 @@ def test_same_size_same_mtime_change_needs_checksum(project, target, remote, cap
 
 
 def test_dry_run_changes_nothing_and_itemizes(project, target, remote, capsys):
-    srv, address = target
-    src = site(project)
-    dest = remote / "www"
-    project.add_host(srv, address, [{"src": "site", "dest": str(dest)}])
-    assert project.run()[0] == 0
+    src, dest = synced(project, target, remote)
     (src / "new.txt").write_text("new")
     (src / "top.txt").write_text("changed size\n")
     (dest / "extra.txt").write_text("extra")
-    give(srv, dest)
+    give(target[0], dest)
     before = tree_state(dest)
     status, out, _ = project.run("--dry-run", "--delete", capsys=capsys)
     assert status == 0
     assert tree_state(dest) == before
     assert f">f+++++++++ {dest}/new.txt" in out
-    assert f">f.s" in out and f"{dest}/top.txt" in out
+    assert ">f.s" in out and f"{dest}/top.txt" in out
     assert f"*deleting   {dest}/extra.txt" in out
     assert "would yes" in out
 
 
 def test_delete_removes_only_extraneous_inside_dest(project, target, remote, capsys):
-    srv, address = target
-    site(project)
-    dest = remote / "app" / "www"
-    project.add_host(srv, address, [{"src": "site", "dest": str(dest)}])
-    assert project.run()[0] == 0
+    _, dest = synced(project, target, remote, "app/www")
     (dest / "stale.txt").write_text("x")
     (dest / "olddir" / "deep").mkdir(parents=True)
     (dest / "olddir" / "deep" / "x").write_text("x")
     sibling = remote / "app" / "www-sibling.txt"
     sibling.write_text("keep me")
-    give(srv, dest, sibling)
+    give(target[0], dest, sibling)
     status, rep, _ = report(project, "--delete", capsys=capsys)
     assert status == 0
     deleted = sorted(p for p, a in actions(rep).items() if a == "delete")
@@ -152,7 +146,7 @@ def test_exclusions_are_neither_sent_nor_deleted(project, target, remote, capsys
     (dest / "remote-only.tmp").write_text("keep")
     (dest / ".git").mkdir()
     (dest / ".git" / "config").write_text("keep")
-    give(srv, dest)
+    give(target[0], dest)
     status, rep, _ = report(project, "--delete", capsys=capsys)
     assert status == 0
     assert (dest / "remote-only.tmp").read_text() == "keep"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-from pathlib import Path
 
 import pytest
 from conftest import MAIN_HOSTS
