@@ -212,3 +212,54 @@ def test_plan_validate_and_check_commands(project, server, remote, capsys):
     status, out, _ = project.run("plan", "--only", MAIN_HOSTS[0], capsys=capsys)
     assert status == 0 and f">f+++++++++ {remote}/p/top.txt" in out
     assert not (remote / "p").exists()
+
+
+def test_checksum_same_content_new_mtime_is_a_touch(project, server, remote, capsys):
+    src, dest = synced(project, (server, MAIN_HOSTS[0]), remote)
+    inode = (dest / "top.txt").stat().st_ino
+    stamp = (src / "top.txt").stat().st_mtime_ns + 7_000_000_000
+    os.utime(src / "top.txt", ns=(stamp, stamp))
+    status, rep, _ = report(project, "--checksum", capsys=capsys)
+    assert status == 0
+    assert actions(rep)[str(dest / "top.txt")] == "touch"
+    assert (dest / "top.txt").stat().st_ino == inode
+    assert (dest / "top.txt").stat().st_mtime_ns // 1_000_000_000 == stamp // 1_000_000_000
+
+
+def test_type_changes_between_file_and_folder(project, server, remote, capsys):
+    src, dest = synced(project, (server, MAIN_HOSTS[0]), remote)
+    # Remote: a file where src now has a folder, and a folder where src has a file.
+    (src / "top.txt").unlink()
+    project.file("site/top.txt/inner.txt", "now a folder")
+    (dest / "dir0").rename(dest / "dir0-old")
+    (dest / "dir0").mkdir()
+    give(server, dest)
+    for child in (src / "dir0").iterdir():
+        child.unlink()
+    (src / "dir0").rmdir()
+    project.file("site/dir0", "now a file")
+    status, out, _ = project.run(capsys=capsys)
+    assert status == 1 and "a folder is in the way remotely" in out  # a file cannot replace a folder unasked
+    assert (dest / "top.txt/inner.txt").read_text() == "now a folder"  # a folder replaces a file
+    status, out, _ = project.run("--delete", capsys=capsys)
+    assert status == 0
+    assert (dest / "dir0").read_text() == "now a file"
+
+
+@pytest.mark.parametrize("kind", ["openssh", "scp-only"])
+def test_sftp_protocol(project, server, remote, capsys, kind, request):
+    srv, address = (server, MAIN_HOSTS[0]) if kind == "openssh" else (request.getfixturevalue("scp_only_server"),
+                                                                      SCP_ONLY_HOST)
+    src = site(project)
+    project.config["sync"]["protocol"] = "sftp"
+    project.add_host(srv, address, [{"src": "site", "dest": f"{remote}/sftp"}])
+    status, out, _ = project.run(capsys=capsys)
+    if kind == "openssh":
+        assert status == 0
+
+        def seconds(state):  # SFTP (version 3) carries whole seconds of mtime
+            return {k: v[:3] + ((v[3] // 1_000_000) if v[3] else None,) for k, v in state.items()}
+
+        assert seconds(tree_state(remote / "sftp")) == seconds(tree_state(src))
+    else:
+        assert status == 1 and "the server offers no SFTP" in out and "protocol = scp" in out
