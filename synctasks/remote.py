@@ -111,16 +111,23 @@ while IFS= read -r line; do
   mkdir) batch 'mkdir -p --' '' '' 2>&1; mark mkdir $? ;;
   mkparent) umask 022; batch 'mkdir -p --' '' '' 2>&1; rc=$?; umask 077; mark mkparent $rc ;;
   ln) IFS= read -r target; IFS= read -r path; ln -s -- "$target" "$path" 2>&1; mark ln $? ;;
-  scp) IFS= read -r acks; IFS= read -r size
+  scp) IFS= read -r stg; IFS= read -r size
     case $size in *[!0-9]*|'') mark bad 3; exit 3 ;; esac
+    # The sink's target is one staging folder: whatever happens in the
+    # stream, it cannot write above it. head hands it exactly its stream in
+    # big reads (the sink reads records a byte at a time); its answers wait
+    # in a file, read once.
+    a=$stg/$P$t.acks; h=$stg/$P$t.head
     umask 0
-    if [ "$size" = 0 ]; then scp -r -t -- / >"$acks"; else head -c "$size" | scp -r -t -- / >"$acks"; fi
-    rc=$?; umask 077; cat "$acks"; rm -f "$acks"; mark scp $rc
-    # What scp left unread must never be taken for operations: swallow it
-    # until the client closes. (It commits on a second channel meanwhile;
-    # this PID stays alive, so no other run takes the staging folders for
-    # stale.)
-    [ $rc = 0 ] || exec cat >/dev/null ;;
+    { head -c "$size"; echo $? >"$h"; } | scp -r -d -t -- "$stg" >"$a"; rc=$?
+    umask 077; hs=1; if [ -r "$h" ]; then IFS= read -r hs <"$h"; fi
+    cat "$a"; rm -f "$a" "$h"; mark scp "$rc $hs"
+    # Unless head passed on the whole stream, what is left of it must never
+    # be taken for operations: swallow it until the client closes. (The
+    # client commits on a second channel meanwhile; this PID stays alive, so
+    # no other run takes the staging folders for stale.)
+    [ "$hs" = 0 ] || exec cat >/dev/null ;;
+  mvnames) IFS= read -r dst; batch 'mv -f --' "$dst/$P$t/" '"$dst/"' 2>&1; mark mvnames $? ;;
   mv) IFS= read -r dst; IFS= read -r many; moveall "$dst/$P$t" "$dst" "$many" 2>&1; mark mv $? ;;
   chmod) IFS= read -r bits
     case $bits in *[!0-7]*|'') mark bad 3; exit 3 ;; esac
@@ -266,11 +273,13 @@ class Ops:
     def ln(self, target: str, path: str) -> None:
         self._op("ln", target, path)
 
-    def scp(self, acks: str, size: int) -> None:
-        """Run the SCP sink; its answers go to ``acks``. With ``size`` > 0 the
-        sink is fed through ``head -c size``, which takes the stream from sshd
-        in big reads (the sink reads its records a byte at a time)."""
-        self._op("scp", acks, str(size))
+    def scp(self, staging: str, size: int) -> None:
+        """Run the SCP sink into ``staging`` on the next ``size`` bytes."""
+        self._op("scp", staging, str(size))
+
+    def mvnames(self, folder: str, names: list[str]) -> None:
+        """Move the named files of ``folder``'s staging folder into it."""
+        self._batch("mvnames", [folder], names)
 
     def mv(self, folder: str, count: int) -> None:
         """Move every file of ``folder``'s staging folder into ``folder``."""

@@ -40,7 +40,6 @@ from .results import CHANGING, HostResult, MappingResult
 CHUNK = 1 << 20  #: bytes read from a local file at a time
 FLUSH = 1 << 18  #: small files are batched into writes of about this size
 STALL_TIMEOUT = 60.0  #: seconds without any answer before a channel is given up
-HEAD_BELOW = 256 * 1024  #: mean file size under which the sink is fed through head -c
 
 
 @dataclass
@@ -154,10 +153,15 @@ class Markers:
 
     def next(self) -> tuple[bytes, str, int]:
         """(bytes before the marker, op, status)."""
+        before, op, statuses = self.next_all()
+        return before, op, statuses[0]
+
+    def next_all(self) -> tuple[bytes, str, list[int]]:
+        """(bytes before the marker, op, every status on the line)."""
         before = self.stream.read_until(self.prefix)[: -len(self.prefix)]
         line = self.stream.read_until(b"\n")[:-1].decode()
-        op, _, status = line.partition(" ")
-        return before, op, int(status)
+        op, _, statuses = line.partition(" ")
+        return before, op, [int(x) for x in statuses.split()]
 
 
 # --------------------------------------------------------------------------
@@ -282,9 +286,9 @@ def _file_header(send: Send) -> bytes:
             + send.name.encode("utf-8", "surrogateescape") + b"\n")
 
 
-def scp_records(scp: ScpStream, new_dirs: list[NewDir]) -> tuple[list[tuple[bytes, list[Send]]], int]:
-    """The SCP stream as (navigation records, files to send there) per folder,
-    and its exact length.
+def scp_records(scp: ScpStream, new_dirs: list[NewDir], root: str) -> tuple[list[tuple[bytes, list[Send]]], int]:
+    """The SCP stream into staging folder ``root`` as (navigation records,
+    files to send there) per folder, and its exact length.
 
     The length is known before a byte is sent (a file that cannot be read
     when its turn comes is padded to its announced size and never committed),
@@ -294,7 +298,12 @@ def scp_records(scp: ScpStream, new_dirs: list[NewDir]) -> tuple[list[tuple[byte
     records: list[tuple[bytes, list[Send]]] = []
     scp.expect(NAV)  # the sink's "ready"
     current: list[bytes] = []
-    modes = {tuple(_components(d.stage)): d.mode & 0o7777 for d in new_dirs}
+    skip = len(_components(root))
+
+    def below(path: str) -> list[bytes]:
+        return _components(path)[skip:]
+
+    modes = {tuple(below(d.stage)): d.mode & 0o7777 for d in new_dirs}
     visits: dict[str, list[Send]] = {d.stage: [] for d in new_dirs}
     for send in scp.sends:
         visits.setdefault(send.stage, []).append(send)
@@ -303,7 +312,7 @@ def scp_records(scp: ScpStream, new_dirs: list[NewDir]) -> tuple[list[tuple[byte
     # anything goes into it, and empty new folders are made too.
     for stage in sorted(visits, key=_components):
         out = bytearray()
-        _navigate(current, _components(stage), out, scp, modes)
+        _navigate(current, below(stage), out, scp, modes)
         total += len(out)
         for send in visits[stage]:
             total += len(_file_header(send)) + send.local.size + 1
@@ -320,7 +329,7 @@ def scp_records(scp: ScpStream, new_dirs: list[NewDir]) -> tuple[list[tuple[byte
 
 
 def send_scp(stream: Stream, scp: ScpStream, records: list[tuple[bytes, list[Send]]], progress=None,
-             label: str = "") -> None:
+             label: str = "", done: list[int] | None = None) -> None:
     """Write the whole SCP stream; the sink's answers are read at the end.
 
     The script keeps the sink's answers in a file until the sink exits: one
@@ -328,7 +337,7 @@ def send_scp(stream: Stream, scp: ScpStream, records: list[tuple[bytes, list[Sen
     Python on this side while the stream is still being sent.
     """
     out = bytearray()
-    done_files = done_bytes = 0
+    done = done if done is not None else [0, 0]  # files, bytes: counted on across calls
 
     def flush() -> bool:
         if out:
@@ -371,10 +380,10 @@ def send_scp(stream: Stream, scp: ScpStream, records: list[tuple[bytes, list[Sen
                 if fd is not None:
                     os.close(fd)
             out += b"\0"
-            done_files += 1
-            done_bytes += entry.size
+            done[0] += 1
+            done[1] += entry.size
             if progress:
-                progress(label, done_files, done_bytes)
+                progress(label, done[0], done[1])
             if len(out) >= FLUSH and not flush():
                 return
     flush()
@@ -576,30 +585,12 @@ def _apply(target: Target, stream: Stream, plan: HostPlan, mappings: list[Mappin
     if planned:
         planned(label, len(sends), sum(s.local.size for s in sends))
     scp_status = 0
+    #: staging hosts whose transfer went wrong: commit only what is known good
+    careful: set[str] = set()
     # Through sudo, files are received by root's scp: SFTP would write as the
     # login user.
     if (sends or new_dirs) and (options.protocol == "scp" or target.sudo):
-        scp = ScpStream(token, sends)
-        records, length = scp_records(scp, new_dirs)
-        # Many small files: worth the extra pipe. Bulk data: not.
-        small = sum(s.local.size for s in sends) < HEAD_BELOW * max(1, len(sends))
-        acks = posixpath.join(live[0].staging_dirs(token)[0], staging + ".acks")
-        ops.scp(acks, length if small else 0)
-        stream.send(ops.take())
-        send_scp(stream, scp, records, options.progress, label)
-        read_scp_answers(stream, scp)
-        _, _, scp_status = markers.next()
-        failed.update(scp.failed)
-        reason = scp.broken or stream.failure(f"the transfer stopped (scp status {scp_status})")
-        acked = scp.acked()
-        for send in sends:
-            if id(send) not in acked:
-                failed.setdefault(id(send), reason)
-        if scp_status or scp.broken:
-            log.error("scp failed (status %d): %s", scp_status, reason)
-            # New folders the sink may not have finished are not reported made.
-            for mapping_plan in live:
-                _fail_records(mapping_plan, reason, ("mkdir",))
+        scp_status = _send_by_scp(stream, markers, token, sends, new_dirs, failed, careful, options, label)
     elif sends or new_dirs:
         _send_sftp(target.c, sends, new_dirs, failed, options, label)
     for send in sends:
@@ -615,7 +606,7 @@ def _apply(target: Target, stream: Stream, plan: HostPlan, mappings: list[Mappin
         stream = _open_script(target, token, "ops", mappings)
         markers = Markers(stream, token)
     try:
-        _commit(stream, markers, plan, live, sends, links, failed, label)
+        _commit(stream, markers, plan, live, sends, links, failed, label, careful)
     except RemoteError as exc:
         exc.transient = False  # some files may be in place already: no blind retry
         raise
@@ -630,6 +621,58 @@ def _staging_free(reason: str, send: Send, staging: str) -> str:
     if temporary in reason:
         reason = reason.replace(temporary, send.result.path)
     return reason.removeprefix("scp: ")
+
+
+def _send_by_scp(stream: Stream, markers: Markers, token: str, sends: list[Send], new_dirs: list[NewDir],
+                 failed: dict[int, str], careful: set[str], options: SyncOptions, label: str) -> int:
+    """One SCP sink per staging folder, all streams sent back to back.
+
+    Returns 0, or non-zero when the script stopped taking operations (it then
+    only swallows its input, and the commit needs a second channel).
+    """
+    log = get_logger(label)
+    staging = staging_name(token)
+    groups: dict[str, tuple[list[Send], list[NewDir]]] = {}
+    for send in sends:
+        groups.setdefault(send.host, ([], []))[0].append(send)
+    for new_dir in new_dirs:
+        groups.setdefault(new_dir.host, ([], []))[1].append(new_dir)
+    streams = []
+    done = [0, 0]
+    ops = Ops(token)
+    for host, (host_sends, host_dirs) in groups.items():
+        root = posixpath.join(host, staging)
+        scp = ScpStream(token, host_sends)
+        records, length = scp_records(scp, host_dirs, root)
+        ops.scp(root, length)
+        if not stream.send(ops.take()):
+            break
+        send_scp(stream, scp, records, options.progress, label, done)
+        streams.append((host, scp))
+    stopped = 0  # non-zero: the script no longer takes operations
+    for host, scp in streams:
+        if stopped:
+            reason = "not sent: the transfer stopped in another folder"
+            careful.add(host)
+        else:
+            read_scp_answers(stream, scp)
+            _, _, statuses = markers.next_all()
+            status, stopped = (statuses + [1, 1])[:2]  # scp's status, head's
+            reason = scp.broken or stream.failure(f"the transfer into {host} stopped (scp status {status})")
+            if status or stopped or scp.broken:
+                log.error("scp into %s failed (status %d): %s", host, status, reason)
+                careful.add(host)
+        failed.update(scp.failed)
+        acked = scp.acked()  # nothing, for a stream whose answers were never read
+        for send in scp.sends:
+            if id(send) not in acked:
+                failed.setdefault(id(send), reason)
+    for host, (host_sends, _) in groups.items():
+        if host not in dict(streams):
+            careful.add(host)
+            for send in host_sends:
+                failed.setdefault(id(send), "not sent: the connection closed")
+    return stopped
 
 
 def _send_sftp(c, sends: list[Send], new_dirs: list[NewDir], failed: dict[int, str], options: SyncOptions,
@@ -667,13 +710,29 @@ def _send_sftp(c, sends: list[Send], new_dirs: list[NewDir], failed: dict[int, s
 
 
 def _commit(stream: Stream, markers: Markers, plan: HostPlan, live: list[MappingPlan], sends: list[Send],
-            links: list[Send], failed: dict[int, str], label: str) -> None:
+            links: list[Send], failed: dict[int, str], label: str, careful: set[str] = frozenset()) -> None:
     """Make links, move what arrived into place, then chmod, touch, delete,
-    and remove every staging folder."""
+    and remove every staging folder.
+
+    A staging folder is moved in whole (a glob per folder), unless its
+    transfer went wrong (``careful``): then only the files known to have
+    arrived whole, by name, and none of the new folders it was building.
+    """
     log = get_logger(label)
     ops = Ops(plan.token)
     staging = staging_name(plan.token)
     new_dirs = [d for p in live for d in p.new_dirs]
+    for new_dir in new_dirs:
+        if new_dir.host in careful:
+            for send in sends + links:
+                if send.host == new_dir.host and send.stage != posixpath.join(send.host, staging):
+                    failed.setdefault(id(send), f"its new folder could not be completed in {send.host}")
+    for mapping_plan in live:
+        lost = {d.path for d in mapping_plan.new_dirs if d.host in careful}
+        for record in mapping_plan.result.files:
+            if record.action == "mkdir" and record.path.rstrip("/") in lost:
+                record.action, record.reason = "fail", "the transfer into its parent folder failed"
+    new_dirs = [d for d in new_dirs if d.host not in careful]
     for link in links:
         ops.ln(link.local.link, posixpath.join(link.stage, link.name))
     # A staging folder must hold only what arrived whole: drop the rest.
@@ -698,8 +757,16 @@ def _commit(stream: Stream, markers: Markers, plan: HostPlan, live: list[Mapping
             children[host] = children.get(host, 0) + 1
     mv_groups: list[tuple[str, list[Send]]] = []
     for host in dict.fromkeys(h for p in live for h in p.hosts):
-        mv_groups.append((host, [s for s in moving if s.host == host]))
-        ops.mv(host, children.get(host, 0))
+        group = [s for s in moving if s.host == host]
+        mv_groups.append((host, group))
+        if host in careful:
+            direct = [s.name for s in group if s.stage == posixpath.join(host, staging)]
+            if direct:
+                ops.mvnames(host, direct)
+            else:
+                mv_groups.pop()
+        else:
+            ops.mv(host, children.get(host, 0))
     by_mode: dict[int, list[str]] = {}
     for mapping_plan in live:
         for mode, path in mapping_plan.chmods:
@@ -735,7 +802,7 @@ def _commit(stream: Stream, markers: Markers, plan: HostPlan, live: list[Mapping
             link = next(link_iter)
             if status:
                 failed[id(link)] = f"cannot create the link: {message}"
-        elif op == "mv":
+        elif op in ("mv", "mvnames"):
             folder, group = next(mv_iter)
             if status:
                 for send in group:
