@@ -7,17 +7,19 @@ trip), a small POSIX ``sh`` script that:
    NUL-separated, so any byte but NUL survives), with SHA-256 sums when the
    compare mode is checksum, then
 2. reads operations from its standard input, one per line, each line tagged
-   with this run's random token: remove, make folders, make links, receive
-   files with ``scp -t`` (the SCP sink), move the received files into place,
-   chmod, touch, quit. After each operation it prints a marker line
+   with this run's token (the script's PID and a random part): remove, make
+   folders, make links, receive files with ``scp -t`` (the SCP sink, its
+   target one staging folder), move the received files into place, chmod,
+   chown, touch, quit. After each operation it prints a marker line
    ``@@<token>@@ <op> <status>`` on standard output, preceded by the
    operation's error messages (its stderr goes to stdout, so an error
    arrives with the operation it belongs to).
 
-``scp -t`` reads exactly up to the closing ``E`` of its stream and no further,
-so the script reads the next operation right after it. If scp fails, the
-script only swallows its input from then on: whatever of the stream scp did
-not consume must never be taken for an operation. The same script started in
+``head -c`` hands each sink exactly its stream, so the script reads the next
+operation right after it. If head could not pass the whole stream on (the
+sink stopped early), the script only swallows its input from then on:
+whatever of the stream was not consumed must never be taken for an
+operation. The same script started in
 ``ops`` mode (no listing) finishes the work on a second channel.
 
 Paths travel as arguments (quoted with :func:`shlex.quote`) or as stdin

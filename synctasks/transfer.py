@@ -3,19 +3,19 @@
 The whole exchange is one remote command (see :mod:`synctasks.remote`):
 
 1. the script lists every dest; we plan against that listing;
-2. we send the preparing operations (remove leftovers, make folders and the
-   per-folder staging folders) and then one SCP stream that lands every file
-   in the staging folder of its destination folder, without waiting for any
-   acknowledgement (they are read as they come; on a long link a wait per
-   file would cost a round trip per file);
-3. once the SCP sink has acknowledged every file, we send the committing
-   operations: a ``mv`` per folder renames the received files over their
-   targets (rename(2): a reader sees the old file or the new one, never a
-   part), then chmod, touch, deletions, and removal of the staging folders.
+2. we send the preparing operations (remove leftovers, make the staging
+   folders), then one SCP stream per staging folder, back to back, without
+   waiting for any acknowledgement (on a long link a wait per file would
+   cost a round trip per file); folders that are new remotely are built
+   inside a staging folder;
+3. once the sinks have answered, we send the committing operations: a ``mv``
+   per folder renames what arrived over its targets (rename(2): a reader sees
+   the old file or the new one, never a part), then chmod, chown, touch,
+   deletions, and removal of the staging folders.
 
 A file whose transfer failed is never moved into place; its staging copy is
-removed with the staging folder. If the SCP stream fails, the script exits
-and the commit runs on a second channel.
+removed with the staging folder. If a stream was not consumed whole, the
+script stops taking operations and the commit runs on a second channel.
 """
 
 from __future__ import annotations
