@@ -333,8 +333,9 @@ def load_hosts(settings: Settings, warnings: list[str], env: TypingMapping[str, 
     entries = _list_of_objects(_read_json(path, label), label, example)
     try:
         mode = path.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO) and any("passkey" in e for e in entries):
-            warnings.append(f"{label}: readable by other users and holds passwords: run chmod 600 {path}")
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            warnings.append(f"{label}: other users can read it (it says how to log in to every host): "
+                            f"run chmod 600 {path}")
     except OSError:
         pass
     hosts: list[HostEntry] = []
