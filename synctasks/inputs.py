@@ -456,6 +456,15 @@ def load_mappings(path: Path, settings: Settings, warnings: list[str]) -> list[M
             )
         dests[mapping.dest] = number
         mappings.append(mapping)
+    for inner in dests:
+        parts = inner.split("/")
+        for cut in range(1, len(parts)):
+            outer = "/".join(parts[:cut]) or "/"
+            if outer in dests:
+                raise InputError(
+                    f"{label} entry {dests[inner]}: dest {inner} is inside the dest of entry {dests[outer]} "
+                    f"({outer}): put it in that entry's src instead, or pick separate dests"
+                )
     return mappings
 
 

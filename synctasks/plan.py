@@ -29,7 +29,7 @@ NAME_MAX = 255
 @dataclass(slots=True)
 class LocalEntry:
     rel: str  #: path below the mapping root, "/"-separated ("" for the root)
-    kind: str  #: f, d or l
+    kind: str  #: f, d or l; x: could not be read (its remote copy is left alone)
     path: str  #: absolute local path
     size: int = 0
     mtime_ns: int = 0
@@ -161,7 +161,8 @@ def walk(mapping: Mapping, exclude: Excluder, symlinks: str, warn) -> list[Local
             with os.scandir(folder) as it:
                 children = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            warn(f"{folder}: cannot read folder ({exc.strerror}): skipped")
+            warn(f"{folder}: cannot read folder ({exc.strerror}): skipped, and nothing below it is deleted")
+            entries.append(LocalEntry(rel=prefix.rstrip("/"), kind="x", path=folder))
             continue
         subfolders = []
         for child in children:
@@ -170,6 +171,7 @@ def walk(mapping: Mapping, exclude: Excluder, symlinks: str, warn) -> list[Local
                 child_info = child.stat(follow_symlinks=False)
             except OSError as exc:
                 warn(f"{child.path}: cannot stat ({exc.strerror}): skipped")
+                entries.append(LocalEntry(rel=rel, kind="x", path=child.path))
                 continue
             mode = child_info.st_mode
             if stat.S_ISLNK(mode) and symlinks == "follow":
@@ -301,6 +303,9 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
     local = trees.get(mapping)
     staging = staging_name(token)
     wanted: set[str] = set()
+    #: remote folders whose contents mirror a local folder that was read
+    #: whole: the only places --delete may remove anything
+    mirrored: set[str] = set()
     #: new remote folder -> (where it is built, the existing folder holding it)
     building: dict[str, tuple[str, str]] = {}
     blocked: list[str] = []
@@ -319,6 +324,11 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
         path = posixpath.join(dest, entry.rel) if entry.rel else dest
         wanted.add(path)
         folder, name = posixpath.split(path)
+        if entry.kind == "x":
+            mirrored.discard(path)
+            continue
+        if entry.kind == "d":
+            mirrored.add(path)
         if blocked and any(path.startswith(b + "/") for b in blocked):
             files.append(FileResult(path, "fail", "inside a folder whose name cannot be sent"))
             continue
@@ -392,29 +402,28 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
             plan.sends.append(Send(entry, record, *place(folder), mode))
 
     if delete and mapping.is_dir:
-        extraneous = sorted((p for p in remote if p not in wanted and p != dest), reverse=True)
+        # Parents first. A path is extraneous only inside a folder that
+        # mirrors a local folder read whole (not under a local link, file or
+        # unreadable folder: those are replaced or left alone), or inside an
+        # extraneous folder (removed with it; listed for the report).
+        gone: set[str] = set()
         top: list[str] = []
-        for path in extraneous:
-            rel = path[len(dest) + 1:]
-            if _excluded_or_below(rel, remote[path].kind == "d", exclude):
+        for path in sorted(p for p in remote if p != dest and p not in wanted):
+            parent = posixpath.dirname(path)
+            if parent not in mirrored and parent not in gone:
+                continue
+            kind = remote[path].kind
+            if exclude(path[len(dest) + 1:], kind == "d"):
                 continue
             if "\n" in path:
                 warn(f"{path}: remote name contains a newline; not deleted")
                 continue
-            kind = remote[path].kind
+            gone.add(path)
             files.append(FileResult(path + ("/" if kind == "d" else ""), "delete", "extraneous", flags=DELETING))
-            parent = posixpath.dirname(path)
-            if parent == dest or parent in wanted:
+            if parent in mirrored:
                 top.append(path)
-        plan.deletes = sorted(top)
+        plan.deletes = top
     return plan
-
-
-def _excluded_or_below(rel: str, is_dir: bool, exclude: Excluder) -> bool:
-    if exclude(rel, is_dir):
-        return True
-    parts = rel.split("/")
-    return any(exclude("/".join(parts[:i]), True) for i in range(1, len(parts)))
 
 
 def _owner_differs(mapping: Mapping, there: RemoteEntry) -> bool:
@@ -439,7 +448,10 @@ def _compare_file(entry: LocalEntry, there: RemoteEntry | None, compare: str, mo
     mtime_differs = there.mtime != entry.mtime_ns // 1_000_000_000
     mode_differs = there.mode != mode
     if compare == "checksum":
-        content_differs = size_differs or there.sha256 != sha256_file(entry.path)
+        try:
+            content_differs = size_differs or there.sha256 != sha256_file(entry.path)
+        except OSError:
+            content_differs = True  # unreadable now: sending it will say why
     else:
         content_differs = size_differs or mtime_differs
     flags = ">f{}{}{}{}.....".format(

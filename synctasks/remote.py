@@ -33,9 +33,11 @@ from dataclasses import dataclass, field
 
 from .constants import STAGING_PREFIX
 
-# The script is one ``sh -c`` argument. Kept free of "!" and of anything a
-# login shell could expand inside single quotes.
+# The script is one ``sh -c`` argument, single-quoted for the login shell
+# (any POSIX-like shell; csh-family login shells are not supported).
 SCRIPT = r"""
+# Every path we are given is absolute; a relative one must never land in $HOME.
+cd / || exit 5
 mode=$2; skip=$3
 # The run's token carries this shell's PID: a staging folder whose PID is
 # alive belongs to a run in progress (another run may share its parent).
@@ -217,7 +219,10 @@ def parse_listing(data: bytes) -> Listing:
         elif tag == b"M":
             current = listing.entries.setdefault(_text(record[1:]), {})
         elif tag == b"S":
-            listing.stale.append(_text(record[1:]))
+            stale = _text(record[1:])
+            # Sent back as a line: a name with a newline would split in two.
+            if stale.startswith("/") and "\n" not in stale:
+                listing.stale.append(stale)
         elif tag == b"E":
             link = records[i] if i < len(records) else b""
             i += 1
@@ -254,6 +259,9 @@ class Ops:
         self.names: list[str] = []  #: op names, in order, to match the markers
 
     def _op(self, name: str, *lines: str) -> None:
+        if any("\n" in line for line in lines):
+            # Planning refuses such names; this is the last guard.
+            raise ValueError(f"a {name} operation got a name with a newline")
         self.names.append(name)
         self.parts.append(f"@@{self.token}@@ {name}\n".encode())
         for line in lines:

@@ -25,7 +25,7 @@ from . import constants as K
 from .connection import apply_host_key_policy, build_connection, open_connection
 from .errors import InputError, SyncFailed, SyncTasksError
 from .inputs import HostEntry, Inventory, Mapping, Settings, load_inventory, resolve_mapping
-from .logger import add_secret, get_logger
+from .logger import add_secret, get_logger, redact
 from .plan import LocalTrees
 from .results import GroupResult, HostResult
 from .transfer import SyncOptions, remote_status, sync_connection
@@ -88,7 +88,8 @@ def sync_host(c, mappings: Iterable[Mapping | dict], *, settings: Settings | Non
     if options is None:
         options = options_from(settings, **flags) if settings else SyncOptions(
             compare="checksum" if flags.get("checksum") else "size-mtime",
-            delete=bool(flags.get("delete")), dry_run=bool(flags.get("dry_run")), force=bool(flags.get("force")))
+            delete=bool(flags.get("delete")), dry_run=bool(flags.get("dry_run")), force=bool(flags.get("force")),
+            progress=flags.get("progress"))
     if not c.is_connected:
         if settings is None:
             apply_host_key_policy(c, "strict", None, label)
@@ -122,8 +123,9 @@ def _sync_entry(host: HostEntry, mappings: list[Mapping], settings: Settings, op
     started = time.monotonic()
     attempt = 0
     while True:
-        c = build_connection(host, settings, lightweight)
+        c = None
         try:
+            c = build_connection(host, settings, lightweight)
             open_connection(c, host.name)
             result = sync_connection(c, mappings, options, host.name, trees, host.sudo_password or host.password)
             break
@@ -138,15 +140,17 @@ def _sync_entry(host: HostEntry, mappings: list[Mapping], settings: Settings, op
                 time.sleep(delay)
                 continue
             log.error("%s", message)
-            result = HostResult(host=host.name, error=message, dry_run=options.dry_run)
+            result = HostResult(host=host.name, error=redact(message), dry_run=options.dry_run)
             break
-        except Exception as exc:  # a bug or an unforeseen library error: this host only
+        except Exception as exc:  # a bug, a bad ssh_config, an unforeseen library error: this host only
             log.exception("unexpected error")
-            result = HostResult(host=host.name, error=f"unexpected error: {exc!r}", dry_run=options.dry_run)
+            result = HostResult(host=host.name, error=redact(f"unexpected error: {exc!r}"),
+                                dry_run=options.dry_run)
             break
         finally:
             try:
-                c.close()
+                if c is not None:
+                    c.close()
             except Exception:
                 pass
     result.seconds = time.monotonic() - started
@@ -200,17 +204,19 @@ def check_hosts(inventory: Inventory, only=None, lightweight: bool = False) -> d
     hosts = select_hosts(inventory.hosts, only)
 
     def probe(host: HostEntry) -> str | None:
-        c = build_connection(host, settings, lightweight)
+        c = None
         try:
+            c = build_connection(host, settings, lightweight)
             open_connection(c, host.name, settings.retries)
             status = remote_status(c, "true")
             return None if status == 0 else f"the remote shell does not run commands (status {status})"
         except SyncTasksError as exc:
             return str(exc).removeprefix(f"{host.name}: ")
         except Exception as exc:
-            return f"{type(exc).__name__}: {exc}"
+            return redact(f"{type(exc).__name__}: {exc}")
         finally:
-            c.close()
+            if c is not None:
+                c.close()
 
     with ThreadPoolExecutor(max_workers=max(1, min(settings.connections, len(hosts) or 1))) as pool:
         return dict(zip((h.name for h in hosts), pool.map(probe, hosts)))

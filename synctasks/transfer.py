@@ -191,6 +191,7 @@ class ScpStream:
     pos: int = 0
     failed: dict[int, str] = field(default_factory=dict)  #: id(send) -> reason
     broken: str | None = None  #: the stream lost sync; nothing after is trusted
+    broken_at: int | None = None  #: answers from here on are not trusted
 
     def expect(self, kind: bytes, owner: Send | None = None) -> None:
         self.kinds += kind
@@ -202,7 +203,8 @@ class ScpStream:
 
     def acked(self) -> set[int]:
         """id() of every file whose data the sink confirmed."""
-        return {id(self.owners[i]) for i in range(self.pos) if self.kinds[i] == DATA[0]
+        end = self.pos if self.broken_at is None else min(self.pos, self.broken_at)
+        return {id(self.owners[i]) for i in range(end) if self.kinds[i] == DATA[0]
                 and id(self.owners[i]) not in self.failed}
 
     def feed(self, data: bytes) -> bytes:
@@ -219,6 +221,7 @@ class ScpStream:
             byte = data[i]
             if byte not in (1, 2):
                 self.broken = self.broken or "the SCP sink stopped in mid-stream"
+                self.broken_at = self.pos if self.broken_at is None else self.broken_at
                 return data[i:]
             newline = data.find(b"\n", i)
             if newline < 0:
@@ -232,6 +235,8 @@ class ScpStream:
                 # The sink skipped a record it could not open: what we sent
                 # after it no longer lines up with what it reads.
                 self.broken = self.broken or message
+                if self.broken_at is None:
+                    self.broken_at = self.pos
             i = newline + 1
         return data[i:]
 
@@ -279,8 +284,9 @@ def _read_exactly(fd: int, size: int) -> bytes | None:
 
 def _file_header(send: Send) -> bytes:
     entry = send.local
-    seconds, nanos = divmod(entry.mtime_ns, 1_000_000_000)
-    a_seconds, a_nanos = divmod(entry.atime_ns, 1_000_000_000)
+    # SCP's T record takes no negative times (files dated before 1970).
+    seconds, nanos = divmod(max(0, entry.mtime_ns), 1_000_000_000)
+    a_seconds, a_nanos = divmod(max(0, entry.atime_ns), 1_000_000_000)
     return (b"T%d %d %d %d\n" % (seconds, nanos // 1000, a_seconds, a_nanos // 1000)
             + b"C%04o %d " % (send.mode & 0o7777, entry.size)
             + send.name.encode("utf-8", "surrogateescape") + b"\n")
@@ -303,7 +309,9 @@ def scp_records(scp: ScpStream, new_dirs: list[NewDir], root: str) -> tuple[list
     def below(path: str) -> list[bytes]:
         return _components(path)[skip:]
 
-    modes = {tuple(below(d.stage)): d.mode & 0o7777 for d in new_dirs}
+    # Built writable (a folder is renamed into place only if we may write
+    # its ".." entry); the final mode comes after the move.
+    modes = {tuple(below(d.stage)): (d.mode & 0o7777) | 0o700 for d in new_dirs}
     visits: dict[str, list[Send]] = {d.stage: [] for d in new_dirs}
     for send in scp.sends:
         visits.setdefault(send.stage, []).append(send)
@@ -376,6 +384,12 @@ def send_scp(stream: Stream, scp: ScpStream, records: list[tuple[bytes, list[Sen
                     out += chunk
                     if len(out) >= FLUSH and not flush():
                         return
+                if fd is not None:
+                    now = os.fstat(fd)
+                    if now.st_size != entry.size or now.st_mtime_ns != entry.mtime_ns:
+                        # Written to while we read it: what we sent may mix
+                        # old and new. Never commit it; the next run sends it.
+                        scp.failed.setdefault(id(send), "the file changed while it was sent: run the sync again")
             finally:
                 if fd is not None:
                     os.close(fd)
@@ -411,6 +425,8 @@ def remote_status(c, command: str, timeout: float = STALL_TIMEOUT) -> int:
     try:
         chan.settimeout(timeout)
         chan.exec_command(command)
+        if not chan.status_event.wait(timeout):
+            raise RemoteError(f"no answer to {command!r} for {timeout:.0f}s")
         return chan.recv_exit_status()
     finally:
         chan.close()
@@ -481,7 +497,11 @@ def sync_host_plan(target: Target, mappings: list[Mapping], options: SyncOptions
     log = get_logger(label)
     mode = "checksum" if options.compare == "checksum" else "list"
     stream = _open_script(target, secrets.token_hex(8), mode, mappings)
+    if mode == "checksum":
+        # sha256sum answers in blocks: big files can keep it quiet for long.
+        stream.chan.settimeout(stream.timeout * 10)
     listing = read_listing(stream)
+    stream.chan.settimeout(stream.timeout)
     token = listing.token
     log.debug("listed %d remote entries in %d dests", sum(len(e) for e in listing.entries.values()),
               len(listing.entries))
@@ -555,7 +575,7 @@ def _apply(target: Target, stream: Stream, plan: HostPlan, mappings: list[Mappin
     ops = Ops(token)
     if plan.stale:
         log.info("removing %d temporary folder(s) left by an earlier cut run", len(plan.stale))
-    ops.rm(plan.stale + [r for p in plan.mappings for r in p.removes])
+    ops.rm(plan.stale)
     owners: list[MappingPlan | None] = [None] * len(ops.names)
     for mapping_plan in plan.mappings:
         ops.mkparent(mapping_plan.mkparent)
@@ -569,7 +589,7 @@ def _apply(target: Target, stream: Stream, plan: HostPlan, mappings: list[Mappin
         if not status:
             continue
         if owner is None:
-            log.error("removing before the transfer failed: %s", _message(before))
+            log.error("could not remove leftovers of an earlier run: %s", _message(before))
         elif id(owner) not in broken:
             broken[id(owner)] = _prep_reason(_message(before), staging)
             log.error("%s: %s", owner.mapping.dest, broken[id(owner)])
@@ -680,7 +700,8 @@ def _send_sftp(c, sends: list[Send], new_dirs: list[NewDir], failed: dict[int, s
     """The SFTP alternative to the SCP stream: same staging folders, same commit."""
     try:
         sftp = c.transport.open_sftp_client()
-    except (paramiko.SSHException, EOFError) as exc:
+        sftp.get_channel().settimeout(options.io_timeout)
+    except (paramiko.SSHException, EOFError, OSError) as exc:
         for send in sends:
             failed[id(send)] = f"the server offers no SFTP ({exc}): set protocol = scp"
         return
@@ -688,7 +709,9 @@ def _send_sftp(c, sends: list[Send], new_dirs: list[NewDir], failed: dict[int, s
     with sftp:
         for new_dir in sorted(new_dirs, key=lambda d: _components(d.stage)):
             try:
+                # As the SCP sink builds them: writable now, final mode after the move.
                 sftp.mkdir(new_dir.stage, 0o700)
+                sftp.chmod(new_dir.stage, (new_dir.mode & 0o7777) | 0o700)
             except (OSError, paramiko.SSHException) as exc:
                 raise RemoteError(f"sftp: cannot create {new_dir.stage}: {exc}", host=label) from None
         for send in sends:
@@ -704,9 +727,7 @@ def _send_sftp(c, sends: list[Send], new_dirs: list[NewDir], failed: dict[int, s
             done_bytes += entry.size
             if options.progress:
                 options.progress(label, done_files, done_bytes)
-        # Deepest first: a folder without write permission is closed last.
-        for new_dir in sorted(new_dirs, key=lambda d: -d.stage.count("/")):
-            sftp.chmod(new_dir.stage, new_dir.mode & 0o7777)
+
 
 
 def _commit(stream: Stream, markers: Markers, plan: HostPlan, live: list[MappingPlan], sends: list[Send],
@@ -737,6 +758,11 @@ def _commit(stream: Stream, markers: Markers, plan: HostPlan, live: list[Mapping
         ops.ln(link.local.link, posixpath.join(link.stage, link.name))
     # A staging folder must hold only what arrived whole: drop the rest.
     ops.rm([posixpath.join(s.stage, s.name) for s in sends if id(s) in failed])
+    # A file where a folder now goes (or the other way round) is removed
+    # only now, and only if its replacement arrived.
+    arrived = {s.result.path for s in sends + links if id(s) not in failed and s.host not in careful}
+    arrived |= {d.path for d in new_dirs}
+    ops.rm([r for p in live for r in p.removes if r in arrived])
     moving = [s for s in sends if id(s) not in failed] + links
     # Owner and group before the move, so files appear with them.
     owned: dict[str, list[str]] = {}
@@ -771,6 +797,9 @@ def _commit(stream: Stream, markers: Markers, plan: HostPlan, live: list[Mapping
     for mapping_plan in live:
         for mode, path in mapping_plan.chmods:
             by_mode.setdefault(mode, []).append(path)
+    for new_dir in new_dirs:
+        if new_dir.mode & 0o700 != 0o700:  # built writable, see scp_records
+            by_mode.setdefault(new_dir.mode & 0o7777, []).append(new_dir.path)
     # Deepest first, so a folder made read-only is chmodded after its contents.
     for mode, paths in sorted(by_mode.items()):
         ops.chmod(mode, sorted(paths, key=lambda p: -p.count("/")))
@@ -805,6 +834,11 @@ def _commit(stream: Stream, markers: Markers, plan: HostPlan, live: list[Mapping
         elif op in ("mv", "mvnames"):
             folder, group = next(mv_iter)
             if status:
+                lost = {d.path + "/" for d in new_dirs if d.host == folder}
+                for mapping_plan in live:
+                    for record in mapping_plan.result.files:
+                        if record.action == "mkdir" and record.path in lost:
+                            record.action, record.reason = "fail", f"cannot move into {folder}: {message}"
                 for send in group:
                     lines = [l for l in message.split("; ") if send.name in l]
                     failed.setdefault(id(send), lines[-1] if lines else f"cannot move into {folder}: {message}")

@@ -1,0 +1,136 @@
+"""Edge cases found in review: each of these once lost or misplaced data."""
+
+from __future__ import annotations
+
+import os
+import pwd
+
+import pytest
+from conftest import MAIN_HOSTS, give
+
+from synctasks import plan as planning
+from synctasks.constants import STAGING_PREFIX
+from synctasks.inputs import Mapping
+from synctasks.remote import Listing, RemoteEntry
+
+
+def test_crafted_leftover_name_cannot_reach_the_home_folder(project, server, remote):
+    home = pwd.getpwnam(server.user).pw_dir
+    victim = os.path.join(home, "victim-file")
+    with open(victim, "w") as handle:
+        handle.write("keep")
+    os.chown(victim, *(lambda e: (e.pw_uid, e.pw_gid))(pwd.getpwnam(server.user)))
+    trap = remote / f"{STAGING_PREFIX}x\nvictim-file"  # a "leftover" whose name holds a newline
+    trap.mkdir()
+    give(server, trap)
+    project.file("conf/app.conf", "x")
+    project.add_host(server, MAIN_HOSTS[0], [{"src": "conf/app.conf", "dest": f"{remote}/app.conf"}])
+    try:
+        status, _, _ = project.run()
+        assert status == 0
+        assert open(victim).read() == "keep"
+    finally:
+        os.unlink(victim)
+
+
+def test_delete_never_follows_a_new_symlink_out_of_dest(project, server, remote):
+    release = remote / "releases" / "v2"
+    release.mkdir(parents=True)
+    (release / "index.html").write_text("release v2")
+    project.file("site/current/index.html", "old layout")
+    project.add_host(server, MAIN_HOSTS[0], [{"src": "site", "dest": f"{remote}/www"}])
+    give(server, remote)
+    assert project.run()[0] == 0
+    # Now "current" becomes a link to the release, as deploy tools do.
+    for child in (project.root / "site/current").iterdir():
+        child.unlink()
+    (project.root / "site/current").rmdir()
+    os.symlink(str(release), project.root / "site/current")
+    status, _, _ = project.run("--delete")
+    assert status == 0
+    assert os.readlink(remote / "www/current") == str(release)
+    assert (release / "index.html").read_text() == "release v2"
+
+
+def test_unreadable_local_folder_protects_its_remote_copy(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    (src / "locked").mkdir(parents=True)
+    (src / "open.txt").write_text("o")
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr(planning.os, "scandir", scandir)
+    mode = src.stat().st_mode & 0o7777
+    listing = Listing(entries={"/d": {
+        "/d": RemoteEntry("d", mode, 0, 0),
+        "/d/locked": RemoteEntry("d", 0o755, 0, 0),
+        "/d/locked/precious": RemoteEntry("f", 0o644, 1, 1),
+        "/d/stale.txt": RemoteEntry("f", 0o644, 1, 1),
+    }})
+    warnings = []
+    result = planning.plan_mapping(Mapping(src=src, dest="/d", is_dir=True), listing,
+                                   planning.LocalTrees(warn=warnings.append),
+                                   compare="size-mtime", delete=True, warn=warnings.append)
+    assert result.deletes == ["/d/stale.txt"]
+    assert any("nothing below it is deleted" in w for w in warnings)
+
+
+def test_file_written_during_the_send_is_not_committed(project, server, remote, tmp_path):
+    from fabric import Connection
+
+    from synctasks import sync_host
+    from synctasks.connection import apply_host_key_policy
+
+    growing = project.file("data/log.txt", "first line\n")
+
+    class Appender:
+        def planned(self, host, files, total):
+            with open(growing, "a") as handle:
+                handle.write("written while syncing\n")
+
+        def __call__(self, *args):
+            pass
+
+    known = server.write_known_hosts(tmp_path / "known_hosts")
+    c = apply_host_key_policy(Connection(MAIN_HOSTS[0], user=server.user, port=server.port,
+                                         connect_kwargs={"key_filename": [str(server.client_key)]}),
+                              "strict", known)
+    with c:
+        result = sync_host(c, [{"src": str(growing), "dest": f"{remote}/log.txt"}], progress=Appender())
+        assert result.failed == 1 and "changed while it was sent" in result.first_error
+        assert not (remote / "log.txt").exists()
+        again = sync_host(c, [{"src": str(growing), "dest": f"{remote}/log.txt"}])
+    assert again.ok and (remote / "log.txt").read_text() == growing.read_text()
+
+
+def test_read_only_new_folder_and_old_mtime(project, server, remote):
+    project.file("site/ro/inside.txt", "x")
+    os.chmod(project.root / "site/ro", 0o555)
+    old = project.file("site/1969.txt", "from the past")
+    os.utime(old, (-100, -100))
+    project.add_host(server, MAIN_HOSTS[0], [{"src": "site", "dest": f"{remote}/www"}])
+    try:
+        status, _, _ = project.run()
+        assert status == 0
+        assert (remote / "www/ro/inside.txt").read_text() == "x"
+        assert (remote / "www/ro").stat().st_mode & 0o7777 == 0o555
+        assert (remote / "www/1969.txt").read_text() == "from the past"
+    finally:
+        os.chmod(project.root / "site/ro", 0o755)
+        if (remote / "www/ro").exists():
+            os.chmod(remote / "www/ro", 0o755)
+
+
+@pytest.mark.parametrize("second", ["/srv/app/conf/app.ini", "/srv/app/"])
+def test_nested_dests_are_refused(project, server, second, capsys):
+    project.file("site/a", "a")
+    project.file("conf/app.ini", "i")
+    project.add_host(server, MAIN_HOSTS[0], [{"src": "site", "dest": "/srv/app"},
+                                             {"src": "conf/app.ini" if "ini" in second else "site",
+                                              "dest": second}])
+    status, _, err = project.run(capsys=capsys)
+    assert status == 2 and "is inside the dest of entry 1" in err
