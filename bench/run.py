@@ -41,6 +41,7 @@ class Bench:
         server.write_known_hosts(self.known_hosts)
         self.remote = server.make_writable_dir(work / "remote")
         self.rows: list[tuple] = []
+        self.use_fab = False  #: run `fab sync` instead of the `synctasks` console script
 
     # -- data ------------------------------------------------------------
     def make_small(self, name: str, files: int, folders: int, size: int) -> Path:
@@ -82,8 +83,10 @@ class Bench:
             f"[sync]\nconnections = {connections}\nretries = 0\n[logging]\nlevel = INFO\n"
             f"[security]\nknown_hosts = {self.known_hosts}\n")
         argv = [str(BIN / "synctasks"), "sync", "--quiet", "--config", str(self.project / "config.ini")]
+        if self.use_fab:
+            argv = [str(BIN / "fab"), "sync", "--quiet", "--config", str(self.project / "config.ini")]
         started = time.perf_counter()
-        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - started
         if os.waitstatus_to_exitcode(status) != 0:
@@ -166,6 +169,14 @@ def case_noop(b: Bench, rounds: int, src: Path) -> None:
         ours.append(b.synctasks(mapping)[0])
         theirs.append(b.rsync(src, HOSTS[2], ref_dest))
     b.record("no-op re-sync of the 2,000 files", ours, theirs, "rsync -a no-op", 1.2)
+    # The same through `fab sync` (Fabric's and Invoke's start-up included).
+    b.use_fab = True
+    ours, theirs = [], []
+    for _ in range(rounds):
+        ours.append(b.synctasks(mapping)[0])
+        theirs.append(b.rsync(src, HOSTS[2], ref_dest))
+    b.use_fab = False
+    b.record("same no-op through `fab sync`", ours, theirs, "rsync -a no-op", 1.2)
 
 
 def case_big(b: Bench, rounds: int, size_mib: int) -> None:

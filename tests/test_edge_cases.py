@@ -134,3 +134,20 @@ def test_nested_dests_are_refused(project, server, second, capsys):
                                               "dest": second}])
     status, _, err = project.run(capsys=capsys)
     assert status == 2 and "is inside the dest of entry 1" in err
+
+
+def test_fifos_and_sockets_in_src_are_skipped_with_a_warning(project, server, remote, capsys):
+    import socket
+
+    project.file("site/a.txt", "a")
+    os.mkfifo(project.root / "site/pipe")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(project.root / "site/sock"))
+    try:
+        project.add_host(server, MAIN_HOSTS[0], [{"src": "site", "dest": f"{remote}/www"}])
+        status, _, err = project.run(capsys=capsys)
+    finally:
+        sock.close()
+    assert status == 0
+    assert sorted(p.name for p in (remote / "www").iterdir()) == ["a.txt"]
+    assert err.count("socket, FIFO or device") == 2
