@@ -80,8 +80,9 @@ moveall() {
   done
   return $rc
 }
+printf 'I%s\0' "$t"  # first, in every mode: the script runs (sudo let it)
 if [ "$mode" != ops ]; then
-  printf 'I%s\0H%s\0' "$t" "$HOME"
+  printf 'H%s\0' "$HOME"
   if find / -maxdepth 0 -printf '' >/dev/null 2>&1; then :; else
     printf 'Xthe remote find has no -printf: install GNU findutils on the host\0'; exit 4
   fi

@@ -460,6 +460,8 @@ def _open_script(target: Target, token: str, mode: str, mappings: list[Mapping])
         if target.password:
             stream.send(target.password.encode() + b"\n")
         _wait_for_sudo(stream)
+    if mode == "ops":
+        stream.read_until(b"\0")  # the script's I<token> record
     return stream
 
 
@@ -569,8 +571,8 @@ def _apply(target: Target, stream: Stream, plan: HostPlan, mappings: list[Mappin
     token = plan.token
     staging = staging_name(token)
 
-    # 1. Prepare: clear leftovers and type conflicts, then make each
-    # mapping's missing parents and staging folders. A mapping whose folders
+    # 1. Prepare: clear leftovers of cut runs, then make each mapping's
+    # missing parents and staging folders. A mapping whose folders
     # cannot be made fails alone; the others go on.
     ops = Ops(token)
     if plan.stale:
@@ -604,35 +606,37 @@ def _apply(target: Target, stream: Stream, plan: HostPlan, mappings: list[Mappin
     planned = getattr(options.progress, "planned", None)
     if planned:
         planned(label, len(sends), sum(s.local.size for s in sends))
-    scp_status = 0
     #: staging hosts whose transfer went wrong: commit only what is known good
     careful: set[str] = set()
     # Through sudo, files are received by root's scp: SFTP would write as the
     # login user.
-    if (sends or new_dirs) and (options.protocol == "scp" or target.sudo):
-        scp_status = _send_by_scp(stream, markers, token, sends, new_dirs, failed, careful, options, label)
-    elif sends or new_dirs:
-        _send_sftp(target.c, sends, new_dirs, failed, options, label)
-    for send in sends:
-        if id(send) in failed:
-            failed[id(send)] = _staging_free(failed[id(send)], send, staging)
-
-    # 3. Commit. After a failed scp the script only swallows what scp left
-    # unread (never taking it for operations): commit on a second channel,
-    # and close the first one after.
-    first = None
-    if scp_status:
-        first = stream
-        stream = _open_script(target, token, "ops", mappings)
-        markers = Markers(stream, token)
+    # After a sink stopped early, a script only swallows what is left of
+    # its input (never taking it for operations): the rest, and the commit,
+    # go on a new channel; the old ones are closed at the end.
+    swallowing: list[Stream] = []
     try:
-        _commit(stream, markers, plan, live, sends, links, failed, label, careful)
-    except RemoteError as exc:
-        exc.transient = False  # some files may be in place already: no blind retry
-        raise
+        if (sends or new_dirs) and (options.protocol == "scp" or target.sudo):
+            pending, done = scp_groups(sends, new_dirs), [0, 0]
+            while pending:
+                stopped, pending = _send_by_scp(stream, markers, token, pending, failed, careful, options, label,
+                                                done)
+                if stopped:
+                    swallowing.append(stream)
+                    stream = _open_script(target, token, "ops", mappings)
+                    markers = Markers(stream, token)
+        elif sends or new_dirs:
+            _send_sftp(target.c, sends, new_dirs, failed, options, label)
+        for send in sends:
+            if id(send) in failed:
+                failed[id(send)] = _staging_free(failed[id(send)], send, staging)
+        try:
+            _commit(stream, markers, plan, live, sends, links, failed, label, careful)
+        except RemoteError as exc:
+            exc.transient = False  # some files may be in place already: no blind retry
+            raise
     finally:
-        if first is not None:
-            first.chan.close()
+        for old in swallowing:
+            old.chan.close()
 
 
 def _staging_free(reason: str, send: Send, staging: str) -> str:
@@ -643,22 +647,29 @@ def _staging_free(reason: str, send: Send, staging: str) -> str:
     return reason.removeprefix("scp: ")
 
 
-def _send_by_scp(stream: Stream, markers: Markers, token: str, sends: list[Send], new_dirs: list[NewDir],
-                 failed: dict[int, str], careful: set[str], options: SyncOptions, label: str) -> int:
-    """One SCP sink per staging folder, all streams sent back to back.
+Groups = dict  # existing remote folder -> (its sends, its new folders)
 
-    Returns 0, or non-zero when the script stopped taking operations (it then
-    only swallows its input, and the commit needs a second channel).
-    """
-    log = get_logger(label)
-    staging = staging_name(token)
-    groups: dict[str, tuple[list[Send], list[NewDir]]] = {}
+
+def scp_groups(sends: list[Send], new_dirs: list[NewDir]) -> Groups:
+    groups: Groups = {}
     for send in sends:
         groups.setdefault(send.host, ([], []))[0].append(send)
     for new_dir in new_dirs:
         groups.setdefault(new_dir.host, ([], []))[1].append(new_dir)
+    return groups
+
+
+def _send_by_scp(stream: Stream, markers: Markers, token: str, groups: Groups, failed: dict[int, str],
+                 careful: set[str], options: SyncOptions, label: str, done: list[int]) -> tuple[bool, Groups]:
+    """One SCP sink per staging folder, all streams sent back to back.
+
+    Returns (stopped, groups still to send). ``stopped``: a sink ended before
+    its stream did, so the script now only swallows its input; what is left
+    goes on a new channel.
+    """
+    log = get_logger(label)
+    staging = staging_name(token)
     streams = []
-    done = [0, 0]
     ops = Ops(token)
     for host, (host_sends, host_dirs) in groups.items():
         root = posixpath.join(host, staging)
@@ -669,30 +680,28 @@ def _send_by_scp(stream: Stream, markers: Markers, token: str, sends: list[Send]
             break
         send_scp(stream, scp, records, options.progress, label, done)
         streams.append((host, scp))
-    stopped = 0  # non-zero: the script no longer takes operations
-    for host, scp in streams:
-        if stopped:
-            reason = "not sent: the transfer stopped in another folder"
+    for index, (host, scp) in enumerate(streams):
+        read_scp_answers(stream, scp)
+        _, _, statuses = markers.next_all()
+        status, stopped = (statuses + [1, 1])[:2]  # scp's status, head's
+        reason = scp.broken or stream.failure(f"the transfer into {host} stopped (scp status {status})")
+        if status or stopped or scp.broken:
+            log.error("scp into %s failed (status %d): %s", host, status, reason)
             careful.add(host)
-        else:
-            read_scp_answers(stream, scp)
-            _, _, statuses = markers.next_all()
-            status, stopped = (statuses + [1, 1])[:2]  # scp's status, head's
-            reason = scp.broken or stream.failure(f"the transfer into {host} stopped (scp status {status})")
-            if status or stopped or scp.broken:
-                log.error("scp into %s failed (status %d): %s", host, status, reason)
-                careful.add(host)
         failed.update(scp.failed)
-        acked = scp.acked()  # nothing, for a stream whose answers were never read
+        acked = scp.acked()
         for send in scp.sends:
             if id(send) not in acked:
                 failed.setdefault(id(send), reason)
+        if stopped:
+            return True, {h: groups[h] for h, _ in streams[index + 1:]}
+    sent = dict(streams)
     for host, (host_sends, _) in groups.items():
-        if host not in dict(streams):
+        if host not in sent:
             careful.add(host)
             for send in host_sends:
                 failed.setdefault(id(send), "not sent: the connection closed")
-    return stopped
+    return False, {}
 
 
 def _send_sftp(c, sends: list[Send], new_dirs: list[NewDir], failed: dict[int, str], options: SyncOptions,

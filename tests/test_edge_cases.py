@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+from pathlib import Path
 
 import pytest
 from conftest import MAIN_HOSTS, give
@@ -151,3 +152,42 @@ def test_fifos_and_sockets_in_src_are_skipped_with_a_warning(project, server, re
     assert status == 0
     assert sorted(p.name for p in (remote / "www").iterdir()) == ["a.txt"]
     assert err.count("socket, FIFO or device") == 2
+
+
+def test_sink_failing_mid_stream_is_contained(project, server, remote, capsys, tmp_path_factory):
+    """A path that fits at the destination but not inside the staging folder
+    (the kernel's 4096-byte limit) makes the SCP sink fail mid-stream: the
+    script must stop taking operations, the commit run on a second channel,
+    and nothing land outside a staging folder."""
+    import shutil
+    import tempfile
+
+    short = Path(tempfile.mkdtemp(prefix="s", dir="/tmp"))  # a short local root
+    try:
+        dest = remote / "www"
+        staged = f"{remote}/{STAGING_PREFIX}1234567-0123456789abcdef/www/"
+        rel_length = 4100 - len(staged)
+        parts, left = [], rel_length - 2  # room for "/f"
+        while left > 0:
+            take = min(200, left)
+            parts.append("d" * take)
+            left -= take + 1
+        deep = "/".join(parts)
+        assert len(f"{dest}/{deep}/f") < 4096 < len(f"{staged}{deep}/f")
+        (short / "site" / deep).mkdir(parents=True)
+        (short / "site" / deep / "f").write_text("deep")
+        (short / "site" / "top.txt").write_text("top")
+        project.file("other/ok.txt", "ok")
+        (remote / "elsewhere").mkdir()
+        give(server, remote / "elsewhere")  # another existing folder: its own staging folder and sink
+        project.add_host(server, MAIN_HOSTS[0], [{"src": str(short / "site"), "dest": str(dest)},
+                                                 {"src": "other", "dest": f"{remote}/elsewhere/other"}])
+        status, out, err = project.run(capsys=capsys)
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+    assert "scp into" in err and "failed" in err
+    assert status == 1
+    assert (remote / "elsewhere/other/ok.txt").read_text() == "ok"
+    assert not dest.exists() or not (dest / deep / "f").exists()
+    assert [p for p in remote.rglob("*") if p.name.startswith(STAGING_PREFIX)] == []
+    assert [p.name for p in remote.rglob("*") if p.is_file()] == ["ok.txt"]
