@@ -406,21 +406,30 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
         # mirrors a local folder read whole (not under a local link, file or
         # unreadable folder: those are replaced or left alone), or inside an
         # extraneous folder (removed with it; listed for the report).
-        gone: set[str] = set()
-        top: list[str] = []
+        gone: dict[str, None] = {}  # in order, parents first
+        kept: set[str] = set()  # excluded, or holds something that must stay
         for path in sorted(p for p in remote if p != dest and p not in wanted):
             parent = posixpath.dirname(path)
             if parent not in mirrored and parent not in gone:
                 continue
+            if exclude(path[len(dest) + 1:], remote[path].kind == "d") or "\n" in path:
+                if "\n" in path:
+                    warn(f"{path}: remote name contains a newline; not deleted")
+                # An excluded file keeps its extraneous folders (rsync does
+                # the same without --delete-excluded).
+                while parent in gone:
+                    kept.add(parent)
+                    parent = posixpath.dirname(parent)
+                continue
+            gone[path] = None
+        top: list[str] = []
+        for path in gone:
+            if path in kept:
+                continue
             kind = remote[path].kind
-            if exclude(path[len(dest) + 1:], kind == "d"):
-                continue
-            if "\n" in path:
-                warn(f"{path}: remote name contains a newline; not deleted")
-                continue
-            gone.add(path)
             files.append(FileResult(path + ("/" if kind == "d" else ""), "delete", "extraneous", flags=DELETING))
-            if parent in mirrored:
+            parent = posixpath.dirname(path)
+            if parent in mirrored or parent in kept:
                 top.append(path)
         plan.deletes = top
     return plan

@@ -44,6 +44,7 @@ mode=$2; skip=$3
 if [ "$mode" = ops ]; then t=$1; else t=$$-$1; fi
 shift 3
 P=__STAGING__
+gnuhead=
 STALE='for s do
   n=${s##*/}; r=${n#__STAGING__}; pid=${r%%-*}
   if [ -r "/proc/$pid/stat" ]; then
@@ -92,7 +93,7 @@ if [ "$mode" != ops ]; then
     if [ "$k" = d ]; then depth=; else depth='-maxdepth 0'; fi
     if [ -e "$d" ] || [ -h "$d" ]; then
       find -H "$d" $depth -name "$P*" -prune -exec sh -c "$STALE" sh {} + \
-        -o -printf 'E%y %m %s %T@ %u:%g %p\0%l\0'
+        -o -printf 'E%y %m %s %T@ %p\0%l\0%u\0%g\0'
       if [ "$mode" = checksum ]; then
         find -H "$d" $depth -name "$P*" -prune -o -type f -exec sha256sum -z -- {} +
       fi
@@ -123,9 +124,19 @@ while IFS= read -r line; do
     # big reads (the sink reads records a byte at a time); its answers wait
     # in a file, read once.
     a=$stg/$P$t.acks; h=$stg/$P$t.head
+    if [ -z "$gnuhead" ]; then
+      # Only GNU head -c stops reading at its count (others read ahead).
+      if head --version 2>/dev/null | grep -q coreutils; then gnuhead=1; else gnuhead=0; fi
+    fi
     umask 0
-    { head -c "$size"; echo $? >"$h"; } | scp -r -d -t -- "$stg" >"$a"; rc=$?
-    umask 077; hs=1; if [ -r "$h" ]; then IFS= read -r hs <"$h"; fi
+    if [ "$gnuhead" = 1 ]; then
+      { head -c "$size"; echo $? >"$h"; } | scp -r -d -t -- "$stg" >"$a"; rc=$?
+      umask 077; hs=1; if [ -r "$h" ]; then IFS= read -r hs <"$h"; fi
+    else
+      # The sink reads no further than its stream; but if it failed, how
+      # far it read is unknown.
+      scp -r -d -t -- "$stg" >"$a"; rc=$?; umask 077; hs=$rc
+    fi
     cat "$a"; rm -f "$a" "$h"; mark scp "$rc $hs"
     # Unless head passed on the whole stream, what is left of it must never
     # be taken for operations: swallow it until the client closes. (The
@@ -225,16 +236,17 @@ def parse_listing(data: bytes) -> Listing:
             if stale.startswith("/") and "\n" not in stale:
                 listing.stale.append(stale)
         elif tag == b"E":
-            link = records[i] if i < len(records) else b""
-            i += 1
-            kind, mode, size, mtime, owners, path = record[1:].split(b" ", 5)
-            owner, _, group = _text(owners).partition(":")
+            # Link target, owner and group follow as records of their own
+            # (group names may hold spaces: "domain users").
+            link, owner, group = (_text(r) for r in (records[i:i + 3] + [b"", b"", b""])[:3])
+            i += 3
+            kind, mode, size, mtime, path = record[1:].split(b" ", 4)
             current[_text(path)] = RemoteEntry(
                 kind=kind.decode(),
                 mode=int(mode, 8),
                 size=int(size),
                 mtime=int(mtime.split(b".")[0]),
-                link=_text(link),
+                link=link,
                 owner=owner,
                 group=group,
             )

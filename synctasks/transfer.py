@@ -25,6 +25,7 @@ import posixpath
 import re
 import secrets
 import socket
+import stat
 import time
 from dataclasses import dataclass, field
 
@@ -336,6 +337,19 @@ def scp_records(scp: ScpStream, new_dirs: list[NewDir], root: str) -> tuple[list
     return records, total + len(out)
 
 
+def _open_regular(path: str) -> tuple[int | None, str | None]:
+    """(fd, None) for a regular file, or (None, why not). Never blocks: a
+    file swapped for a FIFO since the walk must not hang the run."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        return None, f"cannot read {path}: {exc.strerror}"
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None, f"{path} is no longer a regular file: run the sync again"
+    return fd, None
+
+
 def send_scp(stream: Stream, scp: ScpStream, records: list[tuple[bytes, list[Send]]], progress=None,
              label: str = "", done: list[int] | None = None) -> None:
     """Write the whole SCP stream; the sink's answers are read at the end.
@@ -343,53 +357,62 @@ def send_scp(stream: Stream, scp: ScpStream, records: list[tuple[bytes, list[Sen
     The script keeps the sink's answers in a file until the sink exits: one
     read instead of thousands of one-byte packets, each costing a round of
     Python on this side while the stream is still being sent.
+
+    A send that fails (the link stalled past io_timeout, or closed) ends the
+    host at once: a stream cut short must never be completed by whatever
+    would be sent next.
     """
     out = bytearray()
     done = done if done is not None else [0, 0]  # files, bytes: counted on across calls
 
-    def flush() -> bool:
+    def send(data) -> None:
+        if not stream.send(data):
+            raise RemoteError(stream.failure("the connection stalled or closed while sending"),
+                              host=stream.label, transient=True)
+
+    def flush() -> None:
         if out:
-            if not stream.send(out):
-                return False
+            send(out)
             out.clear()
         stream.pump(block=False)
-        return not stream.eof
 
     for navigation, sends in records:
         out += navigation
-        for send in sends:
-            out += _file_header(send)
-            entry = send.local
+        for send_item in sends:
+            out += _file_header(send_item)
+            entry = send_item.local
             remaining = entry.size
-            try:
-                fd = os.open(entry.path, os.O_RDONLY)
-            except OSError as exc:
-                scp.failed[id(send)] = f"cannot read {entry.path}: {exc.strerror}"
-                fd = None
+            fd, problem = _open_regular(entry.path)
+            if problem:
+                scp.failed[id(send_item)] = problem
             try:
                 while remaining:
                     want = min(CHUNK, remaining)
-                    chunk = _read_exactly(fd, want) if fd is not None else None
+                    try:
+                        chunk = _read_exactly(fd, want) if fd is not None else None
+                    except OSError as exc:
+                        scp.failed.setdefault(id(send_item), f"cannot read {entry.path}: {exc.strerror}")
+                        os.close(fd)
+                        fd, chunk = None, None
                     if chunk is None:
                         # Unreadable, or shrank while we read it: keep the
                         # stream in step with the size announced; never commit.
-                        scp.failed.setdefault(id(send), "the file changed while it was sent: run the sync again")
+                        scp.failed.setdefault(id(send_item), "the file changed while it was sent: run the sync again")
                         chunk = bytes(want)
                     remaining -= want
                     if want >= FLUSH:
-                        # Big pieces go out as they are, without a copy.
-                        if not flush() or not stream.send(chunk):
-                            return
+                        flush()
+                        send(chunk)  # big pieces go out as they are, without a copy
                         continue
                     out += chunk
-                    if len(out) >= FLUSH and not flush():
-                        return
+                    if len(out) >= FLUSH:
+                        flush()
                 if fd is not None:
                     now = os.fstat(fd)
                     if now.st_size != entry.size or now.st_mtime_ns != entry.mtime_ns:
                         # Written to while we read it: what we sent may mix
                         # old and new. Never commit it; the next run sends it.
-                        scp.failed.setdefault(id(send), "the file changed while it was sent: run the sync again")
+                        scp.failed.setdefault(id(send_item), "the file changed while it was sent: run the sync again")
             finally:
                 if fd is not None:
                     os.close(fd)
@@ -398,8 +421,8 @@ def send_scp(stream: Stream, scp: ScpStream, records: list[tuple[bytes, list[Sen
             done[1] += entry.size
             if progress:
                 progress(label, done[0], done[1])
-            if len(out) >= FLUSH and not flush():
-                return
+            if len(out) >= FLUSH:
+                flush()
     flush()
 
 
@@ -677,7 +700,8 @@ def _send_by_scp(stream: Stream, markers: Markers, token: str, groups: Groups, f
         records, length = scp_records(scp, host_dirs, root)
         ops.scp(root, length)
         if not stream.send(ops.take()):
-            break
+            raise RemoteError(stream.failure("the connection stalled or closed while sending"), host=label,
+                              transient=True)
         send_scp(stream, scp, records, options.progress, label, done)
         streams.append((host, scp))
     for index, (host, scp) in enumerate(streams):
@@ -741,48 +765,54 @@ def _send_sftp(c, sends: list[Send], new_dirs: list[NewDir], failed: dict[int, s
 
 def _commit(stream: Stream, markers: Markers, plan: HostPlan, live: list[MappingPlan], sends: list[Send],
             links: list[Send], failed: dict[int, str], label: str, careful: set[str] = frozenset()) -> None:
-    """Make links, move what arrived into place, then chmod, touch, delete,
-    and remove every staging folder.
+    """Make links, move what arrived into place, delete, remove the staging
+    folders, then chmod, chown and touch.
 
     A staging folder is moved in whole (a glob per folder), unless its
     transfer went wrong (``careful``): then only the files known to have
     arrived whole, by name, and none of the new folders it was building.
+    Deletions and clean-up come before the chmods, which may take away our
+    own write permission on a folder.
     """
     log = get_logger(label)
     ops = Ops(plan.token)
     staging = staging_name(plan.token)
-    new_dirs = [d for p in live for d in p.new_dirs]
-    for new_dir in new_dirs:
-        if new_dir.host in careful:
-            for send in sends + links:
-                if send.host == new_dir.host and send.stage != posixpath.join(send.host, staging):
-                    failed.setdefault(id(send), f"its new folder could not be completed in {send.host}")
     for mapping_plan in live:
         lost = {d.path for d in mapping_plan.new_dirs if d.host in careful}
+        for send in mapping_plan.sends + mapping_plan.links:
+            if send.host in careful and send.stage != posixpath.join(send.host, staging):
+                failed.setdefault(id(send), f"its new folder could not be completed in {send.host}")
         for record in mapping_plan.result.files:
             if record.action == "mkdir" and record.path.rstrip("/") in lost:
                 record.action, record.reason = "fail", "the transfer into its parent folder failed"
-    new_dirs = [d for d in new_dirs if d.host not in careful]
+    new_dirs = [d for p in live for d in p.new_dirs if d.host not in careful]
+    #: per op, in order: how to read its outcome
+    meaning: list[tuple] = []
+
+    def add(kind: str, *about) -> None:
+        meaning.extend([(kind, *about)] * (len(ops.names) - len(meaning)))
+
     for link in links:
         ops.ln(link.local.link, posixpath.join(link.stage, link.name))
+        add("ln", link)
     # A staging folder must hold only what arrived whole: drop the rest.
     ops.rm([posixpath.join(s.stage, s.name) for s in sends if id(s) in failed])
+    add("tidy")
     # A file where a folder now goes (or the other way round) is removed
     # only now, and only if its replacement arrived.
     arrived = {s.result.path for s in sends + links if id(s) not in failed and s.host not in careful}
     arrived |= {d.path for d in new_dirs}
     ops.rm([r for p in live for r in p.removes if r in arrived])
+    add("tidy")
     moving = [s for s in sends if id(s) not in failed] + links
     # Owner and group before the move, so files appear with them.
-    owned: dict[str, list[str]] = {}
     for mapping_plan in live:
         spec = chown_spec(mapping_plan.mapping)
         if spec:
-            owned.setdefault(spec, []).extend(
-                [posixpath.join(s.stage, s.name) for s in mapping_plan.sends + mapping_plan.links
-                 if id(s) not in failed] + [d.stage for d in mapping_plan.new_dirs])
-    for spec, paths in owned.items():
-        ops.chown(spec, paths)
+            ops.chown(spec, [posixpath.join(s.stage, s.name) for s in mapping_plan.sends + mapping_plan.links
+                             if id(s) not in failed and s in moving]
+                      + [d.stage for d in mapping_plan.new_dirs if d.host not in careful])
+            add("chown", mapping_plan, ("chown", "send", "link", "mkdir"))
     # How many names each staging folder holds directly (files inside a new
     # folder travel with it).
     children: dict[str, int] = {}
@@ -790,83 +820,81 @@ def _commit(stream: Stream, markers: Markers, plan: HostPlan, live: list[Mapping
                                                                 for d in new_dirs]:
         if parent == posixpath.join(host, staging):
             children[host] = children.get(host, 0) + 1
-    mv_groups: list[tuple[str, list[Send]]] = []
     for host in dict.fromkeys(h for p in live for h in p.hosts):
         group = [s for s in moving if s.host == host]
-        mv_groups.append((host, group))
         if host in careful:
             direct = [s.name for s in group if s.stage == posixpath.join(host, staging)]
-            if direct:
-                ops.mvnames(host, direct)
-            else:
-                mv_groups.pop()
+            ops.mvnames(host, direct)
         else:
             ops.mv(host, children.get(host, 0))
-    by_mode: dict[int, list[str]] = {}
+        add("mv", host, group, [d for d in new_dirs if d.host == host])
     for mapping_plan in live:
+        ops.rm(mapping_plan.deletes)
+        add("rules", mapping_plan, ("delete",))
+    ops.rm(plan.staging_dirs())
+    add("cleanup")
+    for mapping_plan in live:
+        by_mode: dict[int, list[str]] = {}
         for mode, path in mapping_plan.chmods:
             by_mode.setdefault(mode, []).append(path)
-    for new_dir in new_dirs:
-        if new_dir.mode & 0o700 != 0o700:  # built writable, see scp_records
-            by_mode.setdefault(new_dir.mode & 0o7777, []).append(new_dir.path)
-    # Deepest first, so a folder made read-only is chmodded after its contents.
-    for mode, paths in sorted(by_mode.items()):
-        ops.chmod(mode, sorted(paths, key=lambda p: -p.count("/")))
-    for mapping_plan in live:
+        for new_dir in mapping_plan.new_dirs:
+            if new_dir.host not in careful and new_dir.mode & 0o700 != 0o700:  # built writable
+                by_mode.setdefault(new_dir.mode & 0o7777, []).append(new_dir.path)
+        # Deepest first, so a folder made read-only is chmodded after its contents.
+        for mode, paths in sorted(by_mode.items()):
+            ops.chmod(mode, sorted(paths, key=lambda p: -p.count("/")))
+        add("rules", mapping_plan, ("chmod",))
         spec = chown_spec(mapping_plan.mapping)
         if spec:
             ops.chown(spec, mapping_plan.chowns)
-    by_stamp: dict[str, list[str]] = {}
-    for mapping_plan in live:
+            add("rules", mapping_plan, ("chown",))
+        by_stamp: dict[str, list[str]] = {}
         for stamp, path in mapping_plan.touches:
             by_stamp.setdefault(stamp, []).append(path)
-    for stamp, paths in sorted(by_stamp.items()):
-        ops.touch(stamp, paths)
-    ops.rm([d for p in live for d in p.deletes])
-    cleanup_index = len(ops.names)  # the rm of the staging folders, if any
-    ops.rm(plan.staging_dirs())
+        for stamp, paths in sorted(by_stamp.items()):
+            ops.touch(stamp, paths)
+        add("rules", mapping_plan, ("touch",))
     ops.quit()
-    names = list(ops.names)
+    add("quit")
     if not stream.send(ops.take()):
         raise RemoteError(stream.failure("the connection closed before the commit"), host=label)
 
-    link_iter = iter(links)
-    mv_iter = iter(mv_groups)
-    problems: dict[str, str] = {}
-    for index, name in enumerate(names):
+    for about in meaning:
         before, op, status = markers.next()
+        if not status or op == "q":
+            continue
         message = _message(before)
-        if op == "ln":
-            link = next(link_iter)
-            if status:
-                failed[id(link)] = f"cannot create the link: {message}"
-        elif op in ("mv", "mvnames"):
-            folder, group = next(mv_iter)
-            if status:
-                lost = {d.path + "/" for d in new_dirs if d.host == folder}
-                for mapping_plan in live:
-                    for record in mapping_plan.result.files:
-                        if record.action == "mkdir" and record.path in lost:
-                            record.action, record.reason = "fail", f"cannot move into {folder}: {message}"
-                for send in group:
-                    lines = [l for l in message.split("; ") if send.name in l]
-                    failed.setdefault(id(send), lines[-1] if lines else f"cannot move into {folder}: {message}")
-        elif status and index == cleanup_index:
+        kind = about[0]
+        if kind == "ln":
+            failed[id(about[1])] = f"cannot create the link: {message}"
+        elif kind == "mv":
+            folder, group, host_dirs = about[1:]
+            named = [s for s in group if s.name in message]
+            for send in named or group:  # unnamed: we cannot tell which
+                failed.setdefault(id(send), f"cannot move into {folder}: {message}")
+            lost = {d.path + "/" for d in host_dirs if d.path.rsplit("/", 1)[-1] in message or not named}
+            for mapping_plan in live:
+                for record in mapping_plan.result.files:
+                    if record.action == "mkdir" and record.path in lost:
+                        record.action, record.reason = "fail", f"cannot move into {folder}: {message}"
+        elif kind in ("chown", "rules"):
+            mapping_plan, actions = about[1:]
+            problem = f"{op} failed: {message or 'status ' + str(status)}"
+            log.error("%s: %s", mapping_plan.mapping.dest, problem)
+            if kind == "chown":  # staged files went in without the owner asked for
+                for item in mapping_plan.sends + mapping_plan.links:
+                    failed.setdefault(id(item), problem)
+            _fail_records(mapping_plan, problem, actions)
+        elif kind == "cleanup":
             log.warning("could not remove the temporary folders: %s", message)
-        elif status and op != "q":
-            problems.setdefault(op, f"{op} failed: {message or 'status ' + str(status)}")
+        else:
+            log.warning("could not tidy the staging folders: %s", message)
 
     for send in sends + links:
         if id(send) in failed:
             send.result.action = "fail"
             send.result.reason = failed[id(send)]
             log.error("%s: %s", send.result.path, send.result.reason)
-    for op, problem in problems.items():
-        log.error("%s", problem)
-        actions = {"chmod": ("chmod",), "touch": ("touch",), "rm": ("delete",),
-                   "chown": ("chown", "send", "link", "mkdir")}.get(op, ())
-        for mapping_plan in live:
-            _fail_records(mapping_plan, problem, actions)
     stream.chan.close()
 
 

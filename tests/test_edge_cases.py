@@ -191,3 +191,52 @@ def test_sink_failing_mid_stream_is_contained(project, server, remote, capsys, t
     assert not dest.exists() or not (dest / deep / "f").exists()
     assert [p for p in remote.rglob("*") if p.name.startswith(STAGING_PREFIX)] == []
     assert [p.name for p in remote.rglob("*") if p.is_file()] == ["ok.txt"]
+
+
+def test_excluded_file_keeps_its_extraneous_folder(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    mode = src.stat().st_mode & 0o7777
+    listing = Listing(entries={"/d": {
+        "/d": RemoteEntry("d", mode, 0, 0),
+        "/d/old": RemoteEntry("d", 0o755, 0, 0),
+        "/d/old/keep.log": RemoteEntry("f", 0o644, 1, 1),
+        "/d/old/junk.txt": RemoteEntry("f", 0o644, 1, 1),
+        "/d/gone": RemoteEntry("d", 0o755, 0, 0),
+        "/d/gone/x": RemoteEntry("f", 0o644, 1, 1),
+    }})
+    result = planning.plan_mapping(Mapping(src=src, dest="/d", is_dir=True, exclude=("*.log",)), listing,
+                                   planning.LocalTrees(), compare="size-mtime", delete=True, warn=print)
+    assert sorted(result.deletes) == ["/d/gone", "/d/old/junk.txt"]
+
+
+def test_folder_made_read_only_still_gets_deletes_and_cleanup(project, server, remote):
+    project.file("site/sub/a.txt", "a")
+    project.add_host(server, MAIN_HOSTS[0], [{"src": "site", "dest": f"{remote}/www"}])
+    assert project.run()[0] == 0
+    (remote / "www/sub/extra.txt").write_text("extra")
+    give(server, remote / "www/sub/extra.txt")
+    project.file("site/sub/b.txt", "b")
+    os.chmod(project.root / "site/sub", 0o555)
+    try:
+        status, _, _ = project.run("--delete")
+        assert status == 0
+        assert sorted(p.name for p in (remote / "www/sub").iterdir()) == ["a.txt", "b.txt"]
+        assert (remote / "www/sub").stat().st_mode & 0o777 == 0o555
+    finally:
+        os.chmod(project.root / "site/sub", 0o755)
+        os.chmod(remote / "www/sub", 0o755)
+
+
+def test_a_failed_chown_fails_only_its_mapping(project, server, remote, capsys):
+    project.file("a/x.txt", "x")
+    project.file("b/y.txt", "y")
+    project.add_host(server, MAIN_HOSTS[0], [{"src": "a", "dest": f"{remote}/a", "owner": "no-such-user"},
+                                             {"src": "b", "dest": f"{remote}/b"}])
+    status, out, _ = project.run("--json", str(project.root / "r.json"), capsys=capsys)
+    assert status == 1
+    import json
+
+    mappings = json.loads((project.root / "r.json").read_text())["hosts"][0]["mappings"]
+    assert mappings[0]["failed"] >= 1 and "chown" in out
+    assert mappings[1]["failed"] == 0 and (remote / "b/y.txt").read_text() == "y"

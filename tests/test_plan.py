@@ -11,14 +11,15 @@ from synctasks.remote import Listing, RemoteEntry, parse_listing
 
 def test_parse_listing_handles_odd_names_and_hashes():
     digest = "ab" * 32
-    data = (b"H/home/u\0M/srv/a\0Ed 755 4096 1700000000.5 u:g /srv/a\0\0"
-            b"Ef 644 3 1700000001.9999 u:g /srv/a/x y\nz\0\0El 777 5 1700000002.0 root:root /srv/a/link\0Zlink\0"
+    data = (b"H/home/u\0M/srv/a\0Ed 755 4096 1700000000.5 /srv/a\0\0u\0g\0"
+            b"Ef 644 3 1700000001.9999 /srv/a/x y\nz\0\0u\0g\0El 777 5 1700000002.0 /srv/a/link\0Zlink\0root\0"
+            b"domain users\0"
             b"S/srv/a/.synctasks-tmp-dead\0" + digest.encode() + b"  /srv/a/x y\nz\0Ztoken\0")
     listing = parse_listing(data)
     assert listing.home == "/home/u"
     entries = listing.entries["/srv/a"]
     assert entries["/srv/a/x y\nz"] == RemoteEntry("f", 0o644, 3, 1700000001, "", digest, "u", "g")
-    assert entries["/srv/a/link"].owner == "root"
+    assert entries["/srv/a/link"].owner == "root" and entries["/srv/a/link"].group == "domain users"
     assert entries["/srv/a/link"].link == "Zlink"  # a link target that looks like an end record
     assert listing.stale == ["/srv/a/.synctasks-tmp-dead"]
 
