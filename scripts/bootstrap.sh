@@ -34,3 +34,7 @@ if [ ! -f .venv/.installed ] || [ setup.cfg -nt .venv/.installed ] || [ pyprojec
     .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
     touch .venv/.installed
 fi
+# Byte-compile the package: an editable install leaves that to the first
+# import, which never happens where PYTHONDONTWRITEBYTECODE is set (every
+# start would then compile synctasks from source again).
+.venv/bin/python -m compileall -q synctasks
