@@ -24,6 +24,8 @@ NEW_DIR = "cd+++++++++"
 NEW_LINK = "cL+++++++++"
 DELETING = "*deleting  "
 NAME_MAX = 255
+BLOB_MAX = 64 * 1024  #: files up to this size are read once per run, whatever the number of hosts
+BLOB_BUDGET = 64 * 1024 * 1024  #: at most this much of them is kept
 
 
 @dataclass(slots=True)
@@ -221,6 +223,16 @@ class LocalTrees:
         self.warn = warn
         self._lock = threading.Lock()
         self._slots: dict[tuple, "_Slot"] = {}
+        #: contents of small files already read for one host, for the others
+        #: (one read per run, and every host gets the same bytes)
+        self.blobs: dict[str, bytes] = {}
+        self.blob_room = BLOB_BUDGET
+
+    def remember(self, path: str, data: bytes) -> None:
+        with self._lock:
+            if len(data) <= BLOB_MAX and len(data) <= self.blob_room and path not in self.blobs:
+                self.blobs[path] = data
+                self.blob_room -= len(data)
 
     def excluder(self, mapping: Mapping) -> Excluder:
         return Excluder(self.global_exclude + tuple(mapping.exclude))

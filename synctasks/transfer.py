@@ -34,7 +34,7 @@ import paramiko
 from .errors import RemoteError
 from .inputs import Mapping
 from .logger import get_logger
-from .plan import HostPlan, LocalTrees, MappingPlan, NewDir, Send, chown_spec, plan_host
+from .plan import BLOB_MAX, HostPlan, LocalTrees, MappingPlan, NewDir, Send, chown_spec, plan_host
 from .remote import Listing, Ops, command, marker, parse_listing, staging_name
 from .results import CHANGING, HostResult, MappingResult
 
@@ -351,7 +351,7 @@ def _open_regular(path: str) -> tuple[int | None, str | None]:
 
 
 def send_scp(stream: Stream, scp: ScpStream, records: list[tuple[bytes, list[Send]]], progress=None,
-             label: str = "", done: list[int] | None = None) -> None:
+             label: str = "", done: list[int] | None = None, trees: LocalTrees | None = None) -> None:
     """Write the whole SCP stream; the sink's answers are read at the end.
 
     The script keeps the sink's answers in a file until the sink exits: one
@@ -381,7 +381,18 @@ def send_scp(stream: Stream, scp: ScpStream, records: list[tuple[bytes, list[Sen
         for send_item in sends:
             out += _file_header(send_item)
             entry = send_item.local
+            known = trees.blobs.get(entry.path) if trees is not None else None
+            if known is not None and len(known) == entry.size:
+                out += known + b"\0"  # read for another host already
+                done[0] += 1
+                done[1] += entry.size
+                if progress:
+                    progress(label, done[0], done[1])
+                if len(out) >= FLUSH:
+                    flush()
+                continue
             remaining = entry.size
+            chunk = b""  # small files come in one chunk: kept for the other hosts
             fd, problem = _open_regular(entry.path)
             if problem:
                 scp.failed[id(send_item)] = problem
@@ -413,6 +424,8 @@ def send_scp(stream: Stream, scp: ScpStream, records: list[tuple[bytes, list[Sen
                         # Written to while we read it: what we sent may mix
                         # old and new. Never commit it; the next run sends it.
                         scp.failed.setdefault(id(send_item), "the file changed while it was sent: run the sync again")
+                    elif trees is not None and entry.size <= BLOB_MAX and id(send_item) not in scp.failed:
+                        trees.remember(entry.path, chunk if entry.size else b"")
             finally:
                 if fd is not None:
                     os.close(fd)
@@ -542,7 +555,7 @@ def sync_host_plan(target: Target, mappings: list[Mapping], options: SyncOptions
         stream.send(ops.take())
         stream.chan.close()
         return results
-    _apply(target, stream, plan, mappings, options)
+    _apply(target, stream, plan, mappings, options, trees)
     return results
 
 
@@ -587,7 +600,8 @@ def _fail_records(mapping_plan: MappingPlan, reason: str, actions=CHANGING) -> N
             record.action, record.reason = "fail", reason
 
 
-def _apply(target: Target, stream: Stream, plan: HostPlan, mappings: list[Mapping], options: SyncOptions) -> None:
+def _apply(target: Target, stream: Stream, plan: HostPlan, mappings: list[Mapping], options: SyncOptions,
+           trees: LocalTrees | None = None) -> None:
     """Prepare, transfer, commit (see the module docstring)."""
     label = target.label
     log = get_logger(label)
@@ -642,7 +656,7 @@ def _apply(target: Target, stream: Stream, plan: HostPlan, mappings: list[Mappin
             pending, done = scp_groups(sends, new_dirs), [0, 0]
             while pending:
                 stopped, pending = _send_by_scp(stream, markers, token, pending, failed, careful, options, label,
-                                                done)
+                                                done, trees)
                 if stopped:
                     swallowing.append(stream)
                     stream = _open_script(target, token, "ops", mappings)
@@ -683,7 +697,8 @@ def scp_groups(sends: list[Send], new_dirs: list[NewDir]) -> Groups:
 
 
 def _send_by_scp(stream: Stream, markers: Markers, token: str, groups: Groups, failed: dict[int, str],
-                 careful: set[str], options: SyncOptions, label: str, done: list[int]) -> tuple[bool, Groups]:
+                 careful: set[str], options: SyncOptions, label: str, done: list[int],
+                 trees: LocalTrees | None = None) -> tuple[bool, Groups]:
     """One SCP sink per staging folder, all streams sent back to back.
 
     Returns (stopped, groups still to send). ``stopped``: a sink ended before
@@ -702,7 +717,7 @@ def _send_by_scp(stream: Stream, markers: Markers, token: str, groups: Groups, f
         if not stream.send(ops.take()):
             raise RemoteError(stream.failure("the connection stalled or closed while sending"), host=label,
                               transient=True)
-        send_scp(stream, scp, records, options.progress, label, done)
+        send_scp(stream, scp, records, options.progress, label, done, trees)
         streams.append((host, scp))
     for index, (host, scp) in enumerate(streams):
         read_scp_answers(stream, scp)
