@@ -376,6 +376,15 @@ def send_scp(stream: Stream, scp: ScpStream, records: list[tuple[bytes, list[Sen
             out.clear()
         stream.pump(block=False)
 
+    def sent(size: int) -> None:
+        """A file's bytes are in the stream (maybe still buffered)."""
+        done[0] += 1
+        done[1] += size
+        if progress:
+            progress(label, done[0], done[1])
+        if len(out) >= FLUSH:
+            flush()
+
     for navigation, sends in records:
         out += navigation
         for send_item in sends:
@@ -384,12 +393,7 @@ def send_scp(stream: Stream, scp: ScpStream, records: list[tuple[bytes, list[Sen
             known = trees.blobs.get(entry.path) if trees is not None else None
             if known is not None and len(known) == entry.size:
                 out += known + b"\0"  # read for another host already
-                done[0] += 1
-                done[1] += entry.size
-                if progress:
-                    progress(label, done[0], done[1])
-                if len(out) >= FLUSH:
-                    flush()
+                sent(entry.size)
                 continue
             remaining = entry.size
             chunk = b""  # small files come in one chunk: kept for the other hosts
@@ -430,12 +434,7 @@ def send_scp(stream: Stream, scp: ScpStream, records: list[tuple[bytes, list[Sen
                 if fd is not None:
                     os.close(fd)
             out += b"\0"
-            done[0] += 1
-            done[1] += entry.size
-            if progress:
-                progress(label, done[0], done[1])
-            if len(out) >= FLUSH:
-                flush()
+            sent(entry.size)
     flush()
 
 
