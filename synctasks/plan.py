@@ -339,8 +339,6 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
         if entry.kind == "x":
             mirrored.discard(path)
             continue
-        if entry.kind == "d":
-            mirrored.add(path)
         if blocked and any(path.startswith(b + "/") for b in blocked):
             files.append(FileResult(path, "fail", "inside a folder whose name cannot be sent"))
             continue
@@ -350,6 +348,8 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
             if entry.kind == "d":
                 blocked.append(path)
             continue
+        if entry.kind == "d":
+            mirrored.add(path)
         there = remote.get(path)
         if there is not None and _owner_differs(mapping, there):
             plan.chowns.append(path)
