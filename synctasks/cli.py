@@ -18,6 +18,7 @@ from . import constants as K
 from .errors import InputError
 from .inputs import Inventory, load_inventory, load_settings
 from .logger import close_logging, get_logger, setup_logging
+from .plan import unsafe_for_delete
 from .progress import for_console, human_bytes
 from .results import GroupResult, HostResult
 from .runner import check_hosts, select_hosts, sync_inventory
@@ -138,12 +139,12 @@ def run_sync(config: str | None = None, *, only=None, dry_run: bool = False, del
 
 
 def _check_shallow_dests(inventory: Inventory) -> None:
-    for host, mappings in inventory.mappings.items():
+    for mappings in inventory.mappings.values():
         for mapping in mappings:
-            depth = len([p for p in mapping.dest.split("/") if p])
-            if mapping.is_dir and depth < 2:
-                raise InputError(f"{mapping.source}: refusing --delete on dest {mapping.dest}: it is too close "
-                                 "to /; pick a deeper dest or pass --force")
+            why = unsafe_for_delete(mapping)
+            if why:
+                raise InputError(f"{mapping.source}: refusing --delete on dest {mapping.dest}: {why}; "
+                                 "pick a deeper dest or pass --force")
 
 
 def run_validate(config: str | None = None, out=None) -> int:

@@ -104,9 +104,6 @@ class Inventory:
     mappings: dict[str, list[Mapping]]
     warnings: list[str] = field(default_factory=list)
 
-    def secrets(self) -> list[str]:
-        return [s for h in self.hosts for s in (h.password, h.sudo_password) if s]
-
 
 # --------------------------------------------------------------------------
 # config.ini

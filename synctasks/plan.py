@@ -447,6 +447,20 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
     return plan
 
 
+def unsafe_for_delete(mapping: Mapping, home: str | None = None) -> str | None:
+    """Why --delete must not run on ``mapping`` without --force, or None.
+
+    ``home``: the remote home folder, when known (after the listing).
+    """
+    if not mapping.is_dir:
+        return None
+    if home is not None and mapping.dest == (home.rstrip("/") or "/"):
+        return "it is the remote home folder"
+    if len([p for p in mapping.dest.split("/") if p]) < 2:
+        return "it is too close to /"
+    return None
+
+
 def _owner_differs(mapping: Mapping, there: RemoteEntry) -> bool:
     return bool((mapping.owner and mapping.owner not in (there.owner, "")) or
                 (mapping.group and mapping.group not in (there.group, "")))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Iterable
@@ -35,19 +36,20 @@ from .transfer import SyncOptions, remote_status, sync_connection
 RETRY_BACKOFF = 0.5
 
 
-def options_from(settings: Settings, **flags: Any) -> SyncOptions:
-    """SyncOptions from config.ini, with flags (None = not given) on top."""
-    compare = "checksum" if flags.get("checksum") else settings.compare
+def options_from(settings: Settings | None, **flags: Any) -> SyncOptions:
+    """SyncOptions from config.ini (or the defaults, without settings), with
+    flags (None = not given) on top."""
+    base = SyncOptions()
+    if settings is not None:
+        base = SyncOptions(compare=settings.compare, delete=settings.delete, protocol=settings.protocol,
+                           symlinks=settings.symlinks, exclude=settings.exclude, io_timeout=settings.io_timeout)
     delete = flags.get("delete")
-    return SyncOptions(
-        compare=compare,
-        delete=settings.delete if delete is None else bool(delete),
+    return replace(
+        base,
+        compare="checksum" if flags.get("checksum") else base.compare,
+        delete=base.delete if delete is None else bool(delete),
         dry_run=bool(flags.get("dry_run")),
-        protocol=settings.protocol,
-        symlinks=settings.symlinks,
-        exclude=settings.exclude,
         force=bool(flags.get("force")),
-        io_timeout=settings.io_timeout,
         progress=flags.get("progress"),
     )
 
@@ -86,10 +88,7 @@ def sync_host(c, mappings: Iterable[Mapping | dict], *, settings: Settings | Non
     label = c.original_host
     resolved = _as_mappings(mappings, Path(base_dir or os.getcwd()), settings)
     if options is None:
-        options = options_from(settings, **flags) if settings else SyncOptions(
-            compare="checksum" if flags.get("checksum") else "size-mtime",
-            delete=bool(flags.get("delete")), dry_run=bool(flags.get("dry_run")), force=bool(flags.get("force")),
-            progress=flags.get("progress"))
+        options = options_from(settings, **flags)
     if not c.is_connected:
         if settings is None:
             apply_host_key_policy(c, "strict", None, label)

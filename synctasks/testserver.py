@@ -16,7 +16,6 @@ import getpass
 import os
 import pwd
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -278,7 +277,3 @@ def _descendants(root: int) -> list[int]:
         found.append(pid)
         queue.extend(children.get(pid, []))
     return found
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 
 import paramiko
 
-from .errors import RemoteError
+from .errors import RemoteError, UnsafeDestError
 from .inputs import Mapping
 from .logger import get_logger
-from .plan import BLOB_MAX, HostPlan, LocalTrees, MappingPlan, NewDir, Send, chown_spec, plan_host
+from .plan import (BLOB_MAX, HostPlan, LocalTrees, MappingPlan, NewDir, Send, chown_spec, plan_host,
+                   unsafe_for_delete)
 from .remote import Listing, Ops, command, marker, parse_listing, staging_name
 from .results import CHANGING, HostResult, MappingResult
 
@@ -559,21 +560,14 @@ def sync_host_plan(target: Target, mappings: list[Mapping], options: SyncOptions
 
 
 def _check_delete_safety(plan: HostPlan, listing: Listing, options: SyncOptions, label: str) -> None:
-    from .errors import UnsafeDestError
-
     if options.force:
         return
-    home = listing.home.rstrip("/") or "/"
     for mapping_plan in plan.mappings:
-        dest = mapping_plan.mapping.dest
-        depth = len([p for p in dest.split("/") if p])
-        if mapping_plan.mapping.is_dir and (dest == "/" or dest == home or depth < 2):
-            raise UnsafeDestError(
-                f"refusing --delete on dest {dest} ({mapping_plan.mapping.source}): it is "
-                f"{'the remote home folder' if dest == home else 'too close to /'}; "
-                "pick a deeper dest or pass --force",
-                host=label,
-            )
+        mapping = mapping_plan.mapping
+        why = unsafe_for_delete(mapping, listing.home)
+        if why:
+            raise UnsafeDestError(f"refusing --delete on dest {mapping.dest} ({mapping.source}): {why}; "
+                                  "pick a deeper dest or pass --force", host=label)
 
 
 def _message(before: bytes) -> str:
