@@ -19,7 +19,7 @@ _EXPORTS = {
     "load_inventory": "inputs", "load_settings": "inputs",
     "FileResult": "results", "GroupResult": "results", "HostResult": "results", "MappingResult": "results",
     "check_hosts": "runner", "sync_host": "runner", "sync_inventory": "runner",
-    "SyncOptions": "transfer",
+    "SyncOptions": "options", "Interrupted": "errors", "UnsupportedError": "errors",
 }
 
 __all__ = sorted(_EXPORTS)

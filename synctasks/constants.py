@@ -9,7 +9,7 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "connections": "4",
         "connection_info": "connection_info.json",
         "hosts_dir": "hosts",
-        "protocol": "scp",
+        "protocol": "auto",
         "compare": "size-mtime",
         "retries": "3",
         "connect_timeout": "10",
@@ -36,7 +36,7 @@ DEFAULTS: dict[str, dict[str, str]] = {
     },
 }
 
-PROTOCOLS = ("scp", "sftp")
+PROTOCOLS = ("auto", "scp", "sftp")
 COMPARE_MODES = ("size-mtime", "checksum")
 HOST_KEY_POLICIES = ("strict", "accept-new", "off")
 SYMLINK_MODES = ("copy", "follow", "skip")

@@ -8,6 +8,9 @@
     │   └── AuthError         login refused (never retried)
     ├── RemoteError           a remote command or the remote side's answer
     │                         was not what the protocol expects
+    ├── UnsupportedError      the host (or its account type) cannot do what
+    │                         was asked (sudo on SFTP-only, --checksum there)
+    ├── Interrupted           SIGINT/SIGTERM stopped the run
     ├── UnsafeDestError       --delete on a dest that is too shallow
     └── SyncFailed            some hosts failed; carries the group result
 
@@ -62,6 +65,16 @@ class RemoteError(SyncTasksError):
         #: The connection dropped or stalled before anything was committed:
         #: running the host again is safe and may help.
         self.transient = transient
+
+
+class UnsupportedError(SyncTasksError):
+    """What was asked cannot be done on this host or account type; refused
+    up front, never silently degraded."""
+
+
+class Interrupted(SyncTasksError):
+    """The run was stopped (SIGINT/SIGTERM, or a caller's cancel event);
+    files in flight were abandoned, never half-committed."""
 
 
 class UnsafeDestError(SyncTasksError):

@@ -295,7 +295,7 @@ def _unsendable(name: str) -> str | None:
 
 
 def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compare: str, delete: bool,
-                 warn, token: str = "0") -> MappingPlan:
+                 warn, token: str = "0", trusted: frozenset = frozenset()) -> MappingPlan:
     dest = mapping.dest
     result = MappingResult(src=str(mapping.src), dest=dest)
     plan = MappingPlan(mapping=mapping, result=result)
@@ -394,6 +394,8 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
             continue
         mode = mapping.mode if mapping.mode is not None else entry.mode
         reason, flags = _compare_file(entry, there, compare, mode)
+        if entry.path in trusted and reason in ("unchanged", "mtime-only", "mode"):
+            reason, flags = "event", ">f.st......"  # the watcher saw it change: trust that
         if reason == "unchanged":
             if plan.chowns and plan.chowns[-1] == path:
                 files.append(FileResult(path, "chown", "owner", entry.size, flags=".f....og..."))
@@ -506,7 +508,8 @@ def _compare_file(entry: LocalEntry, there: RemoteEntry | None, compare: str, mo
 
 
 def plan_host(token: str, mappings: list[Mapping], listing: Listing, trees: LocalTrees, *, compare: str,
-              delete: bool, warn) -> HostPlan:
-    plans = [plan_mapping(m, listing, trees, compare=compare, delete=delete, warn=warn, token=token)
+              delete: bool, warn, trusted: frozenset = frozenset()) -> HostPlan:
+    plans = [plan_mapping(m, listing, trees, compare=compare, delete=delete, warn=warn, token=token,
+                          trusted=trusted)
              for m in mappings]
     return HostPlan(token=token, mappings=plans, stale=list(listing.stale))

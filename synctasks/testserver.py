@@ -58,6 +58,24 @@ def _run(*argv: str, stdin: str | None = None) -> str:
     return done.stdout
 
 
+#: The test user's password, made once per machine and kept root-only, so
+#: that test sessions running side by side (or a demo during a test run)
+#: never change it under each other.
+PASSWORD_FILE = Path("/var/lib/synctasks-test/password")
+
+
+def test_password() -> str:
+    """The machine's test-user password (created on first use)."""
+    if PASSWORD_FILE.exists():
+        return PASSWORD_FILE.read_text().strip()
+    PASSWORD_FILE.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    password = "pw-" + secrets.token_hex(8)
+    fd = os.open(PASSWORD_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(password + "\n")
+    return password
+
+
 def ensure_test_user(password: str) -> str:
     """Create (once) the unprivileged test user and set its password."""
     try:
@@ -104,7 +122,7 @@ class TestServer:
             self.client_key = make_client_key(self.workdir)
         if os.geteuid() == 0:
             if self.password is None:
-                self.password = "pw-" + secrets.token_hex(8)
+                self.password = test_password()
             self.user = ensure_test_user(self.password)
         else:
             self.user = getpass.getuser()

@@ -34,6 +34,7 @@ import paramiko
 from .errors import RemoteError, UnsafeDestError
 from .inputs import Mapping
 from .logger import get_logger
+from .options import STALL_TIMEOUT, SyncOptions
 from .plan import (BLOB_MAX, HostPlan, LocalTrees, MappingPlan, NewDir, Send, chown_spec, plan_host,
                    unsafe_for_delete)
 from .remote import Listing, Ops, command, marker, parse_listing, staging_name
@@ -41,22 +42,6 @@ from .results import CHANGING, HostResult, MappingResult
 
 CHUNK = 1 << 20  #: bytes read from a local file at a time
 FLUSH = 1 << 18  #: small files are batched into writes of about this size
-STALL_TIMEOUT = 60.0  #: seconds without any answer before a channel is given up
-
-
-@dataclass
-class SyncOptions:
-    """How to sync (the flags of ``fab sync``), independent of where."""
-
-    compare: str = "size-mtime"
-    delete: bool = False
-    dry_run: bool = False
-    protocol: str = "scp"
-    symlinks: str = "copy"
-    exclude: tuple[str, ...] = ()
-    force: bool = False  #: allow --delete on shallow dests
-    io_timeout: float = STALL_TIMEOUT  #: seconds with no progress before a host is given up
-    progress: object = None  #: callable(host, files_done, bytes_done) or None
 
 
 class Stream:
@@ -545,7 +530,7 @@ def sync_host_plan(target: Target, mappings: list[Mapping], options: SyncOptions
               len(listing.entries))
     trees = trees or LocalTrees(options.exclude, options.symlinks, log.warning)
     plan = plan_host(token, mappings, listing, trees, compare=options.compare, delete=options.delete,
-                     warn=log.warning)
+                     warn=log.warning, trusted=options.trusted)
     results = [p.result for p in plan.mappings]
     if options.delete:
         _check_delete_safety(plan, listing, options, label)
@@ -645,7 +630,7 @@ def _apply(target: Target, stream: Stream, plan: HostPlan, mappings: list[Mappin
     # go on a new channel; the old ones are closed at the end.
     swallowing: list[Stream] = []
     try:
-        if (sends or new_dirs) and (options.protocol == "scp" or target.sudo):
+        if (sends or new_dirs) and (options.protocol != "sftp" or target.sudo):
             pending, done = scp_groups(sends, new_dirs), [0, 0]
             while pending:
                 stopped, pending = _send_by_scp(stream, markers, token, pending, failed, careful, options, label,

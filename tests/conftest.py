@@ -61,7 +61,8 @@ def dropbear_server(server_root, client_key, server):
         yield srv
 
 
-SUDOERS = Path("/etc/sudoers.d/synctasks-test")
+# One file per test session: sessions side by side never remove each other's.
+SUDOERS = Path(f"/etc/sudoers.d/synctasks-test-{os.getpid()}")
 
 
 @pytest.fixture(scope="session")

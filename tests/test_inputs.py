@@ -64,7 +64,7 @@ BAD_CASES = {
     "exclude not a list of strings": ("hosts/127.0.0.2.json", '[{"src": "site", "dest": "/s/x", "exclude": [1]}]',
                                       "'exclude' must be a list of strings"),
     "unknown config value": ("config.ini", "[sync]\nprotocol = ftp\n",
-                             "[sync] protocol: unknown value 'ftp': use one of scp, sftp"),
+                             "[sync] protocol: unknown value 'ftp': use one of auto, scp, sftp"),
     "unknown config key": ("config.ini", "[sync]\nconections = 4\n", "unknown key 'conections' in [sync]"),
     "bad number": ("config.ini", "[sync]\nconnections = many\n", "'many' is not a whole number"),
     "unknown section": ("config.ini", "[synk]\n", "unknown section [synk]"),
@@ -97,7 +97,7 @@ def test_missing_config_exits_2(tmp_path, capsys):
 def test_empty_config_uses_defaults_and_resolves_against_its_folder(good, monkeypatch, tmp_path):
     monkeypatch.chdir("/")
     settings = load_settings(good / "config.ini", env={})
-    assert settings.connections == 4 and settings.protocol == "scp" and settings.compare == "size-mtime"
+    assert settings.connections == 4 and settings.protocol == "auto" and settings.compare == "size-mtime"
     assert settings.retries == 3 and settings.connect_timeout == 10 and settings.host_key_policy == "strict"
     assert settings.connection_info == good / "connection_info.json"
     assert settings.info_log == good / "logs" / "info.log"
