@@ -1,6 +1,8 @@
 """fab tasks of synctasks: `fab sync`, `fab plan`, `fab validate`, `fab check`.
 
-Thin on purpose: the work is in the synctasks package.
+Thin on purpose: the work is in the synctasks package. A fabfile of your own
+can import the same tasks (`from synctasks.tasks import sync, plan`); their
+default config.ini is the one next to that fabfile.
 """
 
 from pathlib import Path

@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "AuthError": "errors", "ConnectError": "errors", "HostKeyError": "errors", "InputError": "errors",
     "RemoteError": "errors", "SyncFailed": "errors", "SyncTasksError": "errors", "UnsafeDestError": "errors",
+    "GroupSyncFailed": "errors",
     "HostEntry": "inputs", "Inventory": "inputs", "Mapping": "inputs", "Settings": "inputs",
     "load_inventory": "inputs", "load_settings": "inputs",
     "FileResult": "results", "GroupResult": "results", "HostResult": "results", "MappingResult": "results",

@@ -2,26 +2,32 @@
 console script: parse flags, call the library, print, return an exit status.
 
 Exit status: 0 every host in sync, 1 some host failed, 2 bad configuration or
-input (nothing was sent).
+input (nothing was sent), 130 / 143 stopped by SIGINT / SIGTERM (queued
+hosts never start, running ones stop between files; the summary and the
+report say which hosts finished, which were stopped, which never started).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import signal
 import sys
+import threading
 import time
-from pathlib import Path
+from dataclasses import replace
 
+from . import __version__
 from . import constants as K
 from .errors import InputError
-from .inputs import Inventory, load_inventory, load_settings
+from .inputs import HostEntry, Inventory, load_inventory, load_settings
 from .logger import close_logging, get_logger, setup_logging
 from .plan import unsafe_for_delete
-from .progress import for_console, human_bytes
-from .results import GroupResult, HostResult
-from .runner import check_hosts, select_hosts, sync_inventory
+from .progress import escape, for_console
+from .report import (final_line, host_line, item_lines, merge_reports, summary_lines, table_width,
+                     write_report)
+from .results import HostResult
+from .runner import check_hosts, select_hosts, shard_hosts, sync_inventory
 
 
 class _ConsoleHandler(logging.Handler):
@@ -38,13 +44,48 @@ class _ConsoleHandler(logging.Handler):
 class _ConsoleFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         host = getattr(record, "host", "-")
-        prefix = f"{host}: " if host and host != "-" else ""
-        return f"{record.levelname.lower()}: {prefix}{record.getMessage()}"
+        message = record.getMessage()
+        if host and host != "-":
+            # Messages of errors carry their host already: say it once.
+            message = message.removeprefix(f"{host}: ")
+            return f"{record.levelname.lower()}: {escape(host)}: {escape(message)}"
+        return f"{record.levelname.lower()}: {escape(message)}"
 
 
 def printable(text: str) -> str:
     """One line, whatever the path holds: control characters escaped."""
-    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+    return escape(text)
+
+
+class _Signals:
+    """While a run lasts, SIGINT and SIGTERM stop it instead of killing it:
+    the first sets ``cancel`` (queued hosts never start, running ones stop
+    between files), the second ``hurry`` (stop waiting for them)."""
+
+    def __init__(self):
+        self.cancel = threading.Event()
+        self.hurry = threading.Event()
+        #: The first signal received, if any.
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        # Only flags here: printing from a handler can re-enter a write.
+        if self.signum is None:
+            self.signum = signum
+            self.cancel.set()
+        else:
+            self.hurry.set()
+
+    def __enter__(self) -> "_Signals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 def _load(config: str | None, overrides: dict | None = None) -> Inventory:
@@ -63,83 +104,122 @@ def _load(config: str | None, overrides: dict | None = None) -> Inventory:
     return inventory
 
 
-def _print_items(result: HostResult, verbose: bool, out) -> None:
-    for mapping in result.mappings:
-        # Deletions first, as rsync --delete shows them: the part to check.
-        for record in sorted(mapping.files, key=lambda r: r.action != "delete"):
-            if record.action == "skip" and not verbose:
-                continue
-            flags = record.flags or "fail       "
-            note = f"  ({record.reason})" if record.action == "fail" else ""
-            print(printable(f"{result.host}: {flags} {record.path}{note}"), file=out)
+def split_host_string(spec: str) -> tuple[str | None, str, int | None]:
+    """``user@host:port`` (Fabric's -H form; ``[v6addr]:port`` too) ->
+    (user, host, port)."""
+    user, _, rest = spec.rpartition("@")
+    if rest.startswith("["):
+        host, _, port = rest[1:].partition("]")
+        port = port.removeprefix(":")
+    elif rest.count(":") == 1:
+        host, port = rest.split(":")
+    else:
+        host, port = rest, ""
+    if port and not port.isdigit():
+        raise InputError(f"-H {spec}: port {port!r} is not a number")
+    return user or None, host, int(port) if port else None
 
 
-def print_summary(group: GroupResult, out, dry_run: bool = False) -> None:
-    """One row per host; a failed host's first error in the last column."""
-    rows = [("HOST", "STATUS", "SENT", "SKIPPED", "DELETED", "FAILED", "BYTES", "SECONDS", "CHANGED", "FIRST ERROR")]
-    for host, r in group.items():
-        changed = ("would " if dry_run else "") + ("yes" if r.changed else "no")
-        error = printable(r.first_error or "")
-        if len(error) > 100:
-            error = error[:97] + "..."
-        rows.append((host, "ok" if r.ok else "FAILED", str(r.sent), str(r.skipped), str(r.deleted), str(r.failed),
-                     human_bytes(r.bytes), f"{r.seconds:.2f}", changed, error))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip(), file=out)
+def hosts_from_specs(hosts: list[HostEntry], specs: list[str], flag: str = "-H") -> list[HostEntry]:
+    """The connection_info.json entries named by ``fab -H`` host strings, with
+    the user and port typed there taking the place of the file's."""
+    by_name = {h.name: h for h in hosts}
+    chosen: list[HostEntry] = []
+    unknown = []
+    log = get_logger()
+    for spec in specs:
+        user, name, port = split_host_string(spec.strip())
+        entry = by_name.get(name)
+        if entry is None:
+            unknown.append(spec)
+            continue
+        if any(h.name == name for h in chosen):
+            raise InputError(f"{flag} names {name} twice: one run syncs each host once")
+        changes = {}
+        if user and user != entry.user:
+            changes["user"] = user
+            log.debug("%s: user %s from %s (%s says %s)", name, user, flag, entry.source, entry.user)
+        if port and port != entry.port:
+            changes["port"] = port
+            log.debug("%s: port %s from %s (%s says %s)", name, port, flag, entry.source, entry.port)
+        chosen.append(replace(entry, **changes) if changes else entry)
+    if unknown:
+        raise InputError(f"{flag} {', '.join(unknown)}: no such host in connection_info.json: "
+                         f"pick from {', '.join(h.name for h in hosts)}")
+    return chosen
 
 
-def run_sync(config: str | None = None, *, only=None, dry_run: bool = False, delete: bool | None = None,
-             checksum: bool = False, json_path: str | None = None, quiet: bool = False, verbose: bool = False,
-             force: bool = False, out=None, lightweight: bool = False) -> int:
+def run_sync(config: str | None = None, *, only=None, hosts: list[str] | None = None, shard: str | None = None,
+             dry_run: bool = False, delete: bool | None = None, checksum: bool = False, json_path: str | None = None,
+             quiet: bool = False, verbose: int | bool = 0, force: bool = False, out=None,
+             lightweight: bool = False) -> int:
+    """``hosts``: ``fab -H`` host strings (user and port honored);
+    ``verbose``: 1 lists changed items, 2 skipped ones too."""
     out = out or sys.stdout
+    verbose = int(verbose or 0)
     started = time.monotonic()
-    try:
-        inventory = _load(config)
-        select_hosts(inventory.hosts, only)  # bad --only is an input error
-        if (delete or (delete is None and inventory.settings.delete)) and not force:
-            _check_shallow_dests(inventory)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    with _Signals() as stop:
+        try:
+            inventory = _load(config)
+            if hosts:
+                selected = hosts_from_specs(inventory.hosts, hosts)
+                if only:
+                    names = {h.name for h in select_hosts(inventory.hosts, only)}
+                    selected = [h for h in selected if h.name in names]
+            else:
+                selected = select_hosts(inventory.hosts, only)
+            selected = shard_hosts(selected, shard)
+            if (delete or (delete is None and inventory.settings.delete)) and not force:
+                _check_shallow_dests(inventory, {h.name for h in selected})
+        except InputError as exc:
+            print(f"error: {escape(str(exc))}", file=sys.stderr)
+            close_logging()
+            return K.EXIT_BAD_INPUT
+        if quiet:
+            for handler in logging.getLogger("synctasks").handlers[2:]:
+                handler.setLevel(logging.ERROR)
+
+        progress = for_console(quiet or dry_run, out)
+        progress.start([h.name for h in selected if h.name in inventory.mappings])
+
+        def on_result(result: HostResult) -> None:
+            progress.finished(result)
+            if quiet:
+                return
+            if dry_run or verbose:
+                for line in item_lines(result, max(verbose, 1)):
+                    progress.line(line)
+            if not progress.draws:
+                progress.line(host_line(result))
+
+        try:
+            group = sync_inventory(inventory=inventory, hosts=selected, dry_run=dry_run, delete=delete,
+                                   checksum=checksum, force=force, on_result=on_result, lightweight=lightweight,
+                                   progress=progress, warn=True, cancel=stop.cancel, hurry=stop.hurry)
+        finally:
+            progress.close()
+        if stop.signum:
+            group.interrupted = stop.signum
+        report = group.to_dict(time.monotonic() - started, inventory.warnings)
+        status = group.exit_code
+        if json_path:
+            try:
+                write_report(json_path, report)
+            except OSError as exc:
+                print(f"error: cannot write the report {json_path}: {exc.strerror or exc}", file=sys.stderr)
+                status = status or K.EXIT_FAILED
+        if not quiet:
+            for line in summary_lines(report, table_width(out)):
+                print(line, file=out)
+        print(final_line(report), file=out, flush=True)
         close_logging()
-        return K.EXIT_BAD_INPUT
-    if quiet:
-        for handler in logging.getLogger("synctasks").handlers[2:]:
-            handler.setLevel(logging.ERROR)
-
-    progress = for_console(quiet or dry_run, out)
-    progress.start([h.name for h in select_hosts(inventory.hosts, only) if h.name in inventory.mappings])
-
-    def on_result(result: HostResult) -> None:
-        progress.finished(result)
-        if dry_run or verbose:
-            _print_items(result, verbose, out)
-        if not quiet and not progress.draws:
-            state = "ok" if result.ok else "FAILED: " + printable(result.first_error or "")
-            print(f"{result.host}: {state} ({result.sent} sent, {result.skipped} skipped, {result.deleted} deleted,"
-                  f" {human_bytes(result.bytes)}, {result.seconds:.2f}s)", file=out)
-
-    try:
-        group = sync_inventory(inventory=inventory, only=only, dry_run=dry_run, delete=delete, checksum=checksum,
-                               force=force, on_result=on_result, lightweight=lightweight, progress=progress)
-    finally:
-        progress.close()
-    seconds = time.monotonic() - started
-    if json_path:
-        Path(json_path).write_text(json.dumps(group.to_dict(seconds, inventory.warnings), indent=2) + "\n")
-    if not quiet:
-        print_summary(group, out, dry_run)
-    word = "dry run" if dry_run else "sync"
-    if group.failed:
-        print(f"{word} FAILED on {len(group.failed)} of {len(group)} host(s) in {seconds:.2f}s", file=out)
-    elif not quiet:
-        print(f"{word} done: {len(group)} host(s) in sync in {seconds:.2f}s", file=out)
-    close_logging()
-    return group.exit_code
+        return status
 
 
-def _check_shallow_dests(inventory: Inventory) -> None:
-    for mappings in inventory.mappings.values():
+def _check_shallow_dests(inventory: Inventory, names: set[str]) -> None:
+    for name, mappings in inventory.mappings.items():
+        if name not in names:
+            continue
         for mapping in mappings:
             why = unsafe_for_delete(mapping)
             if why:
@@ -152,7 +232,7 @@ def run_validate(config: str | None = None, out=None) -> int:
     try:
         inventory = _load(config)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {escape(str(exc))}", file=sys.stderr)
         close_logging()
         return K.EXIT_BAD_INPUT
     count = sum(len(m) for m in inventory.mappings.values())
@@ -162,33 +242,57 @@ def run_validate(config: str | None = None, out=None) -> int:
     return K.EXIT_OK
 
 
-def run_check(config: str | None = None, only=None, out=None, lightweight: bool = False) -> int:
+def run_check(config: str | None = None, only=None, out=None, lightweight: bool = False,
+              hosts: list[str] | None = None) -> int:
+    """``hosts``: ``fab -H`` host strings (user and port honored)."""
     out = out or sys.stdout
     try:
         inventory = _load(config)
-        select_hosts(inventory.hosts, only)
+        selected = hosts_from_specs(inventory.hosts, hosts) if hosts else select_hosts(inventory.hosts, only)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {escape(str(exc))}", file=sys.stderr)
         close_logging()
         return K.EXIT_BAD_INPUT
-    status = check_hosts(inventory, only, lightweight)
+    status = check_hosts(inventory, hosts=selected, lightweight=lightweight)
     for host, error in status.items():
-        print(f"{host}: {'ok (host key and login verified)' if error is None else 'FAILED: ' + error}", file=out)
+        state = "ok (host key and login verified)" if error is None else "FAILED: " + escape(error)
+        print(f"{escape(host)}: {state}", file=out)
     close_logging()
     return K.EXIT_FAILED if any(status.values()) else K.EXIT_OK
 
 
-COMMANDS = ("sync", "plan", "validate", "check")
+def run_report_merge(paths: list[str], json_path: str | None = None, quiet: bool = False, out=None) -> int:
+    """``synctasks report merge a.json b.json ...``: one summary for a run
+    split into shards, and the worst of their statuses."""
+    out = out or sys.stdout
+    try:
+        merged, status = merge_reports(paths)
+    except InputError as exc:
+        print(f"error: {escape(str(exc))}", file=sys.stderr)
+        return K.EXIT_BAD_INPUT
+    if json_path:
+        write_report(json_path, merged)
+    if not quiet:
+        for line in summary_lines(merged, table_width(out)):
+            print(line, file=out)
+    print(final_line(merged, f"{len(paths)} report(s):"), file=out)
+    return status
+
+
+COMMANDS = ("sync", "plan", "validate", "check", "report")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synctasks", description="Push files and folders to many SSH hosts.")
+    parser.add_argument("--version", action="version", version=f"synctasks {__version__}")
     parser.add_argument("--config", help="config.ini to use (default: $SYNCTASKS_CONFIG or ./config.ini)")
     commands = parser.add_subparsers(dest="command")
 
     def sync_flags(p: argparse.ArgumentParser, plan: bool = False) -> None:
         p.add_argument("--config", default=argparse.SUPPRESS, help="config.ini to use")
         p.add_argument("--only", help="hosts to sync: names, IPs or shell patterns, comma-separated")
+        p.add_argument("--shard", metavar="K/N",
+                       help="sync only shard K of N of the selected hosts (stable: by a hash of the host name)")
         if not plan:
             p.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
         p.add_argument("--delete", action="store_true", default=None,
@@ -196,8 +300,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help="allow --delete on a dest close to /")
         p.add_argument("--checksum", action="store_true", help="compare file contents, not size and mtime")
         p.add_argument("--json", dest="json_path", metavar="PATH", help="write a machine-readable report")
-        p.add_argument("--quiet", action="store_true", help="print only errors and the final status")
-        p.add_argument("--verbose", action="store_true", help="also print a line per file, skipped ones too")
+        p.add_argument("-q", "--quiet", action="store_true", help="print only errors and the final status")
+        p.add_argument("-v", "--verbose", action="count", default=0,
+                       help="list changed files (-vv: unchanged ones too)")
 
     sync_flags(commands.add_parser("sync", help="sync every host (the default command)"))
     sync_flags(commands.add_parser("plan", help="show what sync would do (same as sync --dry-run)"), plan=True)
@@ -206,22 +311,31 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="connect to every host: host key, login, reachability")
     check.add_argument("--config", default=argparse.SUPPRESS, help="config.ini to use")
     check.add_argument("--only", help="hosts to check")
+    report = commands.add_parser("report", help="work with --json reports")
+    actions = report.add_subparsers(dest="action", required=True)
+    merge = actions.add_parser("merge", help="one summary and exit status from the reports of shards")
+    merge.add_argument("reports", nargs="+", metavar="REPORT.json")
+    merge.add_argument("--json", dest="json_path", metavar="PATH", help="write the merged report here")
+    merge.add_argument("-q", "--quiet", action="store_true", help="print only the final status")
     return parser
 
 
 def main(argv: list[str] | None = None, lightweight: bool = False) -> int:
     """Parse ``argv`` and run; ``lightweight`` connects with paramiko alone."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not any(a in COMMANDS or a in ("-h", "--help") for a in argv):
+    if not any(a in COMMANDS or a in ("-h", "--help", "--version") for a in argv):
         argv.insert(0, "sync")  # sync is the default command
     args = _parser().parse_args(argv)
     if args.command == "validate":
         return run_validate(args.config)
     if args.command == "check":
         return run_check(args.config, args.only, lightweight=lightweight)
-    return run_sync(args.config, only=args.only, dry_run=getattr(args, "dry_run", False) or args.command == "plan",
-                    delete=args.delete, checksum=args.checksum, json_path=args.json_path, quiet=args.quiet,
-                    verbose=args.verbose, force=args.force, lightweight=lightweight)
+    if args.command == "report":
+        return run_report_merge(args.reports, args.json_path, args.quiet)
+    return run_sync(args.config, only=args.only, shard=args.shard,
+                    dry_run=getattr(args, "dry_run", False) or args.command == "plan", delete=args.delete,
+                    checksum=args.checksum, json_path=args.json_path, quiet=args.quiet, verbose=args.verbose,
+                    force=args.force, lightweight=lightweight)
 
 
 if __name__ == "__main__":

@@ -300,7 +300,7 @@ def _open_once(c, label: str) -> None:
         ) from None
     except paramiko.AuthenticationException as exc:
         _close_quietly(c)
-        raise AuthError(f"login refused for user {c.user!r}: {exc}; check the user, passkey or key_filename",
+        raise AuthError(f"login refused for user {c.user!r}: {str(exc).rstrip('.')}; check the user, passkey or key_filename",
                         host=label) from None
     except paramiko.ssh_exception.NoValidConnectionsError as exc:
         _close_quietly(c)

@@ -12,7 +12,12 @@
     │                         was asked (sudo on SFTP-only, --checksum there)
     ├── Interrupted           SIGINT/SIGTERM stopped the run
     ├── UnsafeDestError       --delete on a dest that is too shallow
-    └── SyncFailed            some hosts failed; carries the group result
+    └── SyncFailed            a host or some of its files failed; carries
+        │                     the result and the first reasons
+        └── GroupSyncFailed   some members of a Group (or hosts of the
+                              inventory) failed; carries the whole group
+                              result, successes included (like Fabric's
+                              GroupException)
 
 Errors from paramiko, sockets and the OS are translated where they cross into
 synctasks (``raise ConnectError(...) from exc``) and carry the host.
@@ -81,12 +86,57 @@ class UnsafeDestError(SyncTasksError):
     """A --delete would work on a dest that is too close to the root."""
 
 
-class SyncFailed(SyncTasksError):
-    """Raised by :func:`synctasks.sync_inventory` (when asked to raise) if any
-    host failed; ``result`` is the whole :class:`~synctasks.results.GroupResult`."""
+#: How many reasons a SyncFailed message names (all are in ``result``).
+MAX_REASONS = 5
 
-    def __init__(self, result):
-        failed = ", ".join(sorted(result.failed))
-        super().__init__(f"{len(result.failed)} host(s) failed: {failed}")
-        #: The group result, successes included.
+
+class SyncFailed(SyncTasksError):
+    """Raised by :func:`synctasks.sync_host` when the host or any file failed
+    (unless called with ``warn=True``), as ``c.run`` raises UnexpectedExit.
+
+    ``result`` is the :class:`~synctasks.results.HostResult` (or, for
+    :class:`GroupSyncFailed`, the group result); ``reasons`` lists the first
+    reasons, each naming the host and, for a file, its path.
+    """
+
+    def __init__(self, result, reasons: list[str] | None = None):
+        if reasons is None:
+            reasons = failure_reasons(result)
+        shown = reasons[:MAX_REASONS]
+        more = len(reasons) - len(shown)
+        message = "sync failed: " + "; ".join(shown) if shown else "sync failed"
+        if more > 0:
+            message += f" (and {more} more)"
+        super().__init__(message)
+        #: The result the sync failed with: look at it, successes included.
         self.result = result
+        #: "host: path: reason" (or "host: reason" for the host as a whole).
+        self.reasons = reasons
+
+
+class GroupSyncFailed(SyncFailed):
+    """Some hosts of a Group or of the inventory failed.
+
+    Like ``fabric.exceptions.GroupException``: ``result`` is the whole
+    GroupResult (keyed by Connection for a Group, by host name for the
+    inventory), the hosts that succeeded included.
+    """
+
+    @property
+    def failed(self):
+        return self.result.failed
+
+    @property
+    def succeeded(self):
+        return self.result.succeeded
+
+
+def failure_reasons(result, limit: int = 100) -> list[str]:
+    """"host: path: reason" lines for a HostResult or a group of them."""
+    hosts = list(result.values()) if isinstance(result, dict) else [result]
+    reasons: list[str] = []
+    for host in hosts:
+        if len(reasons) >= limit:
+            break
+        reasons += host.reasons(limit - len(reasons))
+    return reasons

@@ -1,14 +1,25 @@
 """Result records: per file, per mapping, per host, and for a whole run.
 
 A calling task reads ``result.changed`` to decide whether to reload a
-service; ``GroupResult`` maps host -> HostResult like Fabric's own.
+service; ``GroupResult`` maps host -> HostResult like Fabric's own (keyed by
+host name for the inventory, by Connection for a Fabric Group).
 """
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 
-from .constants import EXIT_FAILED, EXIT_OK, REPORT_VERSION
+from .constants import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, REPORT_VERSION
+
+#: HostResult.state values: how far a host got.
+DONE = "done"  #: ran to the end (ok or with failures)
+STOPPED = "stopped"  #: was running when the run was interrupted
+NOT_STARTED = "not started"  #: was still queued when the run was interrupted
+NO_MAPPING = "no mapping"  #: in connection_info.json, but has no mapper file
+
+#: Errors that are about the input (a dest refused for --delete): exit 2.
+INPUT_ERRORS = frozenset({"InputError", "UnsafeDestError"})
 
 #: Actions that change the remote side.
 CHANGING = frozenset({"send", "delete", "chmod", "chown", "touch", "mkdir", "link"})
@@ -100,13 +111,37 @@ class HostResult(_Tally):
     seconds: float = 0.0
     #: True when nothing was changed on purpose (--dry-run / plan).
     dry_run: bool = False
+    #: How far the host got: done, stopped, not started or no mapping.
+    state: str = DONE
+    #: The class name of the error that ended the host (e.g. "AuthError").
+    error_type: str | None = None
 
     def _all(self) -> list[FileResult]:
         return [f for m in self.mappings for f in m.files]
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.failed == 0
+        return self.state in (DONE, NO_MAPPING) and self.error is None and self.failed == 0
+
+    @property
+    def status(self) -> str:
+        """One word or two for people: changed, in sync, would change,
+        FAILED, stopped, not started, no mapping."""
+        if self.state != DONE:
+            return self.state
+        if not self.ok:
+            return "FAILED"
+        if self.changed:
+            return "would change" if self.dry_run else "changed"
+        return "in sync"
+
+    def reasons(self, limit: int = 100) -> list[str]:
+        """Why the host failed: "host: reason" or "host: path: reason" each."""
+        if self.error:
+            return [f"{self.host}: {self.error}"]
+        if self.state != DONE and not self.ok:
+            return [f"{self.host}: {self.state}"]
+        return [f"{self.host}: {f.path}: {f.reason}" for f in self._all() if f.action == "fail"][:limit]
 
     @property
     def changed(self) -> bool:
@@ -124,32 +159,56 @@ class HostResult(_Tally):
         return next((f"{f.path}: {f.reason}" for f in self._all() if f.action == "fail"), None)
 
     def to_dict(self) -> dict:
-        return {"host": self.host, "ok": self.ok, "changed": self.changed, "error": self.first_error,
+        return {"host": self.host, "ok": self.ok, "status": self.status, "changed": self.changed,
+                "error": self.first_error, "error_type": self.error_type,
                 "sent": self.sent, "skipped": self.skipped, "deleted": self.deleted, "failed": self.failed,
                 "bytes": self.bytes, "seconds": round(self.seconds, 3), "dry_run": self.dry_run,
                 "mappings": [m.to_dict() for m in self.mappings]}
 
 
 class GroupResult(dict):
-    """host -> HostResult for a whole run, like Fabric's GroupResult."""
+    """host -> HostResult for a whole run, like Fabric's GroupResult.
+
+    Keys are host names (the inventory) or Fabric Connections (a Group).
+    ``succeeded`` and ``failed`` are GroupResults too.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        #: The signal (signal.SIGINT / SIGTERM) that stopped the run, if any.
+        self.interrupted: int | None = None
+
+    def _subset(self, ok: bool) -> "GroupResult":
+        return type(self)((k, r) for k, r in self.items() if r.ok == ok)
 
     @property
-    def succeeded(self) -> dict[str, HostResult]:
-        return {h: r for h, r in self.items() if r.ok}
+    def succeeded(self) -> "GroupResult":
+        return self._subset(True)
 
     @property
-    def failed(self) -> dict[str, HostResult]:
-        return {h: r for h, r in self.items() if not r.ok}
+    def failed(self) -> "GroupResult":
+        return self._subset(False)
 
     @property
     def changed(self) -> bool:
         return any(r.changed for r in self.values())
 
+    def in_state(self, state: str) -> list[HostResult]:
+        return [r for r in self.values() if r.state == state]
+
     @property
     def exit_code(self) -> int:
+        """0 all in sync, 1 a host failed, 2 a dest was refused as input,
+        128 + the signal number when interrupted (130 SIGINT, 143 SIGTERM)."""
+        if self.interrupted:
+            return 128 + int(self.interrupted)
+        if any(r.error_type in INPUT_ERRORS for r in self.values()):
+            return EXIT_BAD_INPUT
         return EXIT_FAILED if self.failed else EXIT_OK
 
     def to_dict(self, seconds: float = 0.0, warnings: list[str] | None = None) -> dict:
-        return {"version": REPORT_VERSION, "ok": not self.failed, "changed": self.changed,
+        return {"version": REPORT_VERSION, "ok": not self.failed and not self.interrupted,
+                "exit_code": self.exit_code, "changed": self.changed,
+                "interrupted": signal.Signals(self.interrupted).name if self.interrupted else None,
                 "seconds": round(seconds, 3), "warnings": list(warnings or []),
                 "hosts": [r.to_dict() for r in self.values()]}

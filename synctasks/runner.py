@@ -1,39 +1,58 @@
-"""The Python API: sync one host given a Connection, or the whole inventory.
+"""The Python API: sync one host given a Connection, a Fabric Group, or the
+whole inventory.
 
     from synctasks import sync_host, sync_inventory
 
     result = sync_host(c, [{"src": "conf/nginx.conf", "dest": "/etc/nginx/nginx.conf"}])
-    if result.changed:
+    if result.changed:                            # raised SyncFailed if anything failed
         c.sudo("systemctl reload nginx")
 
-    group = sync_inventory("config.ini")          # every host, in parallel
+    results = sync_host(ThreadingGroup("web1", "web2"), mappings)   # keyed by Connection
+    group = sync_inventory("config.ini", warn=True)                 # every host, in parallel
     for host, r in group.failed.items(): ...
+
+Like ``c.run``, a failure raises (:class:`SyncFailed`, or
+:class:`GroupSyncFailed` carrying every host's result) unless ``warn=True``.
+
+Hosts run in a thread pool. A run is stopped by setting the ``cancel`` event
+(the console sets it on SIGINT/SIGTERM): queued hosts never start, running
+ones get :data:`STOP_GRACE` seconds to stop between files, then their
+connections are closed (what was staged is never committed half-way: files
+are either old or new, staging is left for the next run to clean).
 
 Neither depends on the task layer (fabfile.py, the console script).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from . import constants as K
 from .connection import apply_host_key_policy, build_connection, open_connection
-from .errors import InputError, SyncFailed, SyncTasksError
+from .errors import GroupSyncFailed, InputError, Interrupted, SyncFailed, SyncTasksError
 from .inputs import HostEntry, Inventory, Mapping, Settings, load_inventory, resolve_mapping
 from .logger import add_secret, get_logger, redact
+from .options import SyncOptions
 from .plan import LocalTrees
-from .results import GroupResult, HostResult
-from .transfer import SyncOptions, remote_status, sync_connection
+from .results import DONE, NO_MAPPING, NOT_STARTED, STOPPED, GroupResult, HostResult
+from .transfer import remote_status, sync_connection
 
 
 #: First retry after this many seconds, doubling each time.
 RETRY_BACKOFF = 0.5
+#: Seconds running hosts get to stop by themselves once a run is cancelled,
+#: before their connections are closed under them.
+STOP_GRACE = 1.0
+#: How often the waiting thread looks at the cancel event.
+POLL = 0.1
 
 
 def options_from(settings: Settings | None, **flags: Any) -> SyncOptions:
@@ -71,51 +90,281 @@ def _as_mappings(mappings: Iterable[Mapping | dict], base_dir: Path, settings: S
     return resolved
 
 
-def sync_host(c, mappings: Iterable[Mapping | dict], *, settings: Settings | None = None,
-              options: SyncOptions | None = None, base_dir: str | os.PathLike | None = None,
-              sudo_password: str | None = None, **flags: Any) -> HostResult:
-    """Sync ``mappings`` (``{"src", "dest"}`` dicts or Mapping records) to the
-    host of Fabric Connection ``c`` and return its :class:`HostResult`.
+def _is_group(c) -> bool:
+    # fabric.Group is a list of Connections; a Connection has original_host.
+    return not hasattr(c, "original_host") and isinstance(c, (list, tuple, set, frozenset))
 
-    An unopened ``c`` is opened with the host-key policy of ``settings``
-    (strict against ~/.ssh/known_hosts when no settings are given). Relative
-    ``src`` paths resolve against ``base_dir`` (default: the current folder).
-    Errors reaching the host raise :class:`~synctasks.errors.SyncTasksError`
-    subclasses; per-file failures are in the result. Mappings with
-    ``"sudo": true`` go through ``sudo -S`` with ``sudo_password`` (default:
-    the connection's password).
-    """
-    label = c.original_host
-    resolved = _as_mappings(mappings, Path(base_dir or os.getcwd()), settings)
-    if options is None:
-        options = options_from(settings, **flags)
+
+def _short(exc: BaseException, host: str) -> str:
+    """The error's message without a leading "host: " (the host is shown
+    next to it anyway)."""
+    message = str(exc)
+    for prefix in {host, getattr(exc, "host", None) or host}:
+        if message.startswith(f"{prefix}: "):
+            message = message[len(prefix) + 2:]
+    return redact(message)
+
+
+def _open_caller_connection(c, settings: Settings | None, label: str) -> None:
     if not c.is_connected:
         if settings is None:
             apply_host_key_policy(c, "strict", None, label)
         else:
             apply_host_key_policy(c, settings.host_key_policy, settings.known_hosts, label)
         open_connection(c, label, settings.retries if settings else 0)
-    if sudo_password is None:
-        sudo_password = (getattr(c, "connect_kwargs", None) or {}).get("password")
-    add_secret(sudo_password)
-    return sync_connection(c, resolved, options, label, sudo_password=sudo_password)
 
 
-def select_hosts(hosts: list[HostEntry], only: str | Iterable[str] | None) -> list[HostEntry]:
-    """Hosts named by ``only`` (names, IPs or shell-style patterns)."""
+def sync_host(c, mappings: Iterable[Mapping | dict], *, settings: Settings | None = None,
+              options: SyncOptions | None = None, base_dir: str | os.PathLike | None = None,
+              sudo_password: str | None = None, warn: bool = False, cancel: threading.Event | None = None,
+              **flags: Any):
+    """Sync ``mappings`` (``{"src", "dest"}`` dicts or Mapping records) to the
+    host of Fabric Connection ``c`` and return its :class:`HostResult`.
+
+    ``c`` may also be a Fabric Group (``Group``, ``SerialGroup``,
+    ``ThreadingGroup``): its members are synced in parallel (at most
+    ``connections`` of ``settings`` at once, 4 by default) and a
+    :class:`GroupResult` keyed by Connection is returned.
+
+    Like ``c.run``: if the host or any file failed, :class:`SyncFailed`
+    (for a Group :class:`GroupSyncFailed`, carrying every member's result) is
+    raised unless ``warn=True``. Reaching a single host (host key, login,
+    network) raises the typed error (:class:`HostKeyError`, ...) either way.
+
+    An unopened ``c`` is opened with the host-key policy of ``settings``
+    (strict against ~/.ssh/known_hosts when no settings are given). Relative
+    ``src`` paths resolve against ``base_dir`` (default: the current folder).
+    Mappings with ``"sudo": true`` go through ``sudo -S`` with
+    ``sudo_password`` (default: the connection's password). Setting
+    ``cancel`` (a threading.Event) stops the sync between files.
+    """
+    resolved = _as_mappings(mappings, Path(base_dir or os.getcwd()), settings)
+    if options is None:
+        options = options_from(settings, **flags)
+    if cancel is not None:
+        options = replace(options, cancel=cancel)
+    if _is_group(c):
+        return _sync_group(list(c), resolved, options, settings, sudo_password, warn)
+    label = c.original_host
+    _open_caller_connection(c, settings, label)
+    password = sudo_password if sudo_password is not None else _password(c)
+    add_secret(password)
+    try:
+        result = sync_connection(c, resolved, options, label, sudo_password=password)
+    except Interrupted:
+        raise
+    except SyncTasksError as exc:
+        if options.cancelled:
+            raise Interrupted("stopped before it finished", host=label) from exc
+        result = HostResult(host=label, error=_short(exc, label), error_type=type(exc).__name__,
+                            dry_run=options.dry_run)
+        if not warn:
+            raise SyncFailed(result) from exc
+    if not result.ok and not warn:
+        raise SyncFailed(result)
+    return result
+
+
+def _password(c) -> str | None:
+    return (getattr(c, "connect_kwargs", None) or {}).get("password")
+
+
+def _sync_group(members: list, mappings: list[Mapping], options: SyncOptions, settings: Settings | None,
+                sudo_password: str | None, warn: bool) -> GroupResult:
+    log = get_logger()
+    workers = settings.connections if settings else int(K.DEFAULTS["sync"]["connections"])
+    trees = LocalTrees(options.exclude, options.symlinks, log.warning)
+    trees.prefetch(mappings)
+    live = _Live()
+
+    def job(member) -> Callable[[], HostResult]:
+        def run() -> HostResult:
+            label = member.original_host
+            started = time.monotonic()
+            try:
+                if options.cancelled:
+                    return HostResult(host=label, state=NOT_STARTED, dry_run=options.dry_run)
+                live.add(member, member)
+                _open_caller_connection(member, settings, label)
+                password = sudo_password if sudo_password is not None else _password(member)
+                add_secret(password)
+                result = sync_connection(member, mappings, options, label, trees, password)
+            except SyncTasksError as exc:
+                result = _failed(label, exc, options)
+            except Exception as exc:  # a bug or an unforeseen library error: this member only
+                get_logger(label).exception("unexpected error")
+                result = HostResult(host=label, error=redact(f"unexpected error: {exc!r}"),
+                                    error_type=type(exc).__name__, dry_run=options.dry_run)
+            finally:
+                live.remove(member)
+            result.seconds = time.monotonic() - started
+            return result
+        return run
+
+    done = run_hosts([(m, m.original_host, job(m)) for m in members], workers, options.cancel, live=live,
+                     dry_run=options.dry_run)
+    group = GroupResult((m, done[m]) for m in members)
+    if group.failed and not warn:
+        raise GroupSyncFailed(group)
+    return group
+
+
+def _failed(label: str, exc: SyncTasksError, options: SyncOptions) -> HostResult:
+    """The result of a host that ended with ``exc``: stopped when the run
+    was cancelled (closing its connection is how a stop may reach it)."""
+    if isinstance(exc, Interrupted) or options.cancelled:
+        return HostResult(host=label, state=STOPPED, dry_run=options.dry_run)
+    return HostResult(host=label, error=_short(exc, label), error_type=type(exc).__name__, dry_run=options.dry_run)
+
+
+class _Live:
+    """The connections hosts are using now, so that a stop can close them."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.connections: dict[Any, Any] = {}
+
+    def add(self, key, c) -> None:
+        with self.lock:
+            self.connections[key] = c
+
+    def remove(self, key) -> None:
+        with self.lock:
+            self.connections.pop(key, None)
+
+    def close_all(self) -> int:
+        with self.lock:
+            running = list(self.connections.values())
+        for c in running:
+            try:
+                c.close()
+            except Exception:
+                pass
+        return len(running)
+
+
+def run_hosts(jobs: list[tuple[Any, str, Callable[[], HostResult]]], workers: int,
+              cancel: threading.Event | None = None, hurry: threading.Event | None = None,
+              on_result: Callable[[HostResult], None] | None = None, live: _Live | None = None,
+              dry_run: bool = False) -> dict[Any, HostResult]:
+    """Run ``(key, label, job)`` jobs, ``workers`` at once; key -> HostResult.
+
+    Once ``cancel`` is set, queued jobs never start (state "not started"),
+    running ones get STOP_GRACE seconds, then their ``live`` connections are
+    closed. ``hurry`` (a second Ctrl-C) stops waiting for them at all: they
+    are reported as stopped. The pool's own exit would wait for every queued
+    host, so it is shut down without waiting.
+    """
+    log = get_logger()
+    results: dict[Any, HostResult] = {}
+    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs) or 1)), thread_name_prefix="synctasks")
+    futures: dict[Future, tuple[Any, str]] = {}
+    deadline = None
+
+    def collect(future: Future) -> None:
+        key, label = futures[future]
+        if future.cancelled():
+            result = HostResult(host=label, state=NOT_STARTED, dry_run=dry_run)
+        else:
+            error = future.exception()
+            if error is None:
+                result = future.result()
+            else:  # jobs catch their errors; this is a bug
+                result = HostResult(host=label, error=f"unexpected error: {error!r}", dry_run=dry_run)
+        results[key] = result
+        if on_result:
+            on_result(result)
+
+    try:
+        for key, label, job in jobs:
+            futures[pool.submit(job)] = (key, label)
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=POLL, return_when=FIRST_COMPLETED)
+            for future in sorted(done, key=lambda f: list(futures).index(f)):
+                collect(future)
+            if cancel is None or not cancel.is_set():
+                continue
+            if deadline is None:
+                # Queued hosts are dropped now: the pool's exit would run them all.
+                pool.shutdown(wait=False, cancel_futures=True)
+                running = [futures[f][1] for f in pending if f.running()]
+                if running:
+                    log.warning("stopping: waiting for %s to stop between files", ", ".join(running))
+                deadline = time.monotonic() + STOP_GRACE
+            elif live is not None and time.monotonic() > deadline:
+                if live.close_all():
+                    log.warning("stopping: connections of hosts still running closed")
+                deadline = float("inf")
+            if hurry is not None and hurry.is_set():
+                break
+    except KeyboardInterrupt:
+        # Library use without our signal handlers: stop the others, then leave.
+        if cancel is not None:
+            cancel.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        if live is not None:
+            live.close_all()
+        raise
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    for future, (key, label) in futures.items():
+        if key not in results:  # left behind by a hurried stop
+            if future.cancel() or future.cancelled():
+                results[key] = HostResult(host=label, state=NOT_STARTED, dry_run=dry_run)
+            else:
+                results[key] = HostResult(host=label, state=STOPPED, dry_run=dry_run)
+            if live is not None:
+                live.close_all()
+            if on_result:
+                on_result(results[key])
+    return {key: results[key] for key, _, _ in jobs}
+
+
+def select_hosts(hosts: list[HostEntry], only: str | Iterable[str] | None, flag: str = "--only"
+                 ) -> list[HostEntry]:
+    """Hosts named by ``only`` (names, IPs or shell-style patterns); ``flag``
+    names what the user typed, for the message."""
     if not only:
         return hosts
     patterns = [p.strip() for p in (only.split(",") if isinstance(only, str) else only) if p.strip()]
     chosen = [h for h in hosts if any(fnmatch(h.name, p) for p in patterns)]
     unknown = [p for p in patterns if not any(fnmatch(h.name, p) for h in hosts)]
     if unknown:
-        raise InputError(f"--only {', '.join(unknown)}: no such host in connection_info.json: "
+        raise InputError(f"{flag} {', '.join(unknown)}: no such host in connection_info.json: "
                          f"pick from {', '.join(h.name for h in hosts)}")
     return chosen
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """"K/N" -> (K, N), 1 <= K <= N."""
+    k, sep, n = str(text).partition("/")
+    try:
+        shard, count = int(k), int(n)
+    except ValueError:
+        shard = count = 0
+    if not sep or count < 1 or not 1 <= shard <= count:
+        raise InputError(f"--shard {text}: expected K/N with 1 <= K <= N, e.g. --shard 2/4")
+    return shard, count
+
+
+def in_shard(name: str, shard: int, count: int) -> bool:
+    """Whether host ``name`` belongs to shard ``shard`` of ``count``: by a
+    hash of the name alone, so a host's shard never moves when others are
+    added or removed."""
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") % count == shard - 1
+
+
+def shard_hosts(hosts: list[HostEntry], shard: str | tuple[int, int] | None) -> list[HostEntry]:
+    if not shard:
+        return hosts
+    k, n = parse_shard(shard) if isinstance(shard, str) else shard
+    return [h for h in hosts if in_shard(h.name, k, n)]
+
+
 def _sync_entry(host: HostEntry, mappings: list[Mapping], settings: Settings, options: SyncOptions,
-                trees: LocalTrees, lightweight: bool = False) -> HostResult:
+                trees: LocalTrees, lightweight: bool = False, live: _Live | None = None) -> HostResult:
     """Sync one host; transient network failures before anything was
     committed are retried (``[sync] retries``, with backoff)."""
     log = get_logger(host.name)
@@ -123,30 +372,47 @@ def _sync_entry(host: HostEntry, mappings: list[Mapping], settings: Settings, op
     attempt = 0
     while True:
         c = None
+        if options.cancelled:
+            result = HostResult(host=host.name, state=STOPPED if attempt else NOT_STARTED, dry_run=options.dry_run)
+            break
         try:
             c = build_connection(host, settings, lightweight)
+            if live is not None:
+                live.add(host.name, c)
             open_connection(c, host.name)
             result = sync_connection(c, mappings, options, host.name, trees, host.sudo_password or host.password)
+            if options.cancelled and not result.ok:
+                # What failed after the stop failed because of it (a closed connection).
+                result.state = STOPPED
             break
         except SyncTasksError as exc:
-            message = str(exc)
-            if exc.host and message.startswith(f"{exc.host}: "):
-                message = message[len(exc.host) + 2:]
-            if getattr(exc, "transient", False) and attempt < settings.retries:
+            message = _short(exc, host.name)
+            if getattr(exc, "transient", False) and attempt < settings.retries and not options.cancelled:
                 attempt += 1
                 delay = RETRY_BACKOFF * 2 ** (attempt - 1)
                 log.warning("%s; retry %d of %d in %.1fs", message, attempt, settings.retries, delay)
-                time.sleep(delay)
+                if options.cancel is not None:
+                    options.cancel.wait(delay)
+                else:
+                    time.sleep(delay)
                 continue
-            log.error("%s", message)
-            result = HostResult(host=host.name, error=redact(message), dry_run=options.dry_run)
+            result = _failed(host.name, exc, options)
+            if result.state == STOPPED:
+                log.warning("stopped: %s", message)
+            else:
+                log.error("%s", message)
             break
         except Exception as exc:  # a bug, a bad ssh_config, an unforeseen library error: this host only
+            if options.cancelled:
+                result = HostResult(host=host.name, state=STOPPED, dry_run=options.dry_run)
+                break
             log.exception("unexpected error")
             result = HostResult(host=host.name, error=redact(f"unexpected error: {exc!r}"),
-                                dry_run=options.dry_run)
+                                error_type=type(exc).__name__, dry_run=options.dry_run)
             break
         finally:
+            if live is not None:
+                live.remove(host.name)
             try:
                 if c is not None:
                     c.close()
@@ -154,7 +420,9 @@ def _sync_entry(host: HostEntry, mappings: list[Mapping], settings: Settings, op
                 pass
     result.seconds = time.monotonic() - started
     verb = "would change" if options.dry_run else "changed"
-    if result.ok:
+    if result.state != DONE:
+        pass
+    elif result.ok:
         log.info("done: %d sent, %d skipped, %d deleted, %d bytes in %.2fs; %s: %s", result.sent, result.skipped,
                  result.deleted, result.bytes, result.seconds, verb, "yes" if result.changed else "no")
     elif result.error is None:
@@ -164,43 +432,64 @@ def _sync_entry(host: HostEntry, mappings: list[Mapping], settings: Settings, op
 
 
 def sync_inventory(config_path: str | os.PathLike | None = None, *, inventory: Inventory | None = None,
-                   only: str | Iterable[str] | None = None, raise_on_failure: bool = False,
-                   on_result=None, lightweight: bool = False, **flags: Any) -> GroupResult:
+                   only: str | Iterable[str] | None = None, hosts: list[HostEntry] | None = None,
+                   shard: str | tuple[int, int] | None = None, warn: bool = False,
+                   raise_on_failure: bool | None = None, on_result=None, lightweight: bool = False,
+                   cancel: threading.Event | None = None, hurry: threading.Event | None = None,
+                   **flags: Any) -> GroupResult:
     """Sync every host of the inventory (at most ``connections`` at once).
 
-    One host failing never stops the others. Returns a GroupResult; with
-    ``raise_on_failure`` a run with failed hosts raises SyncFailed instead.
-    ``on_result(HostResult)`` is called as each host finishes.
-    ``lightweight`` connects with paramiko alone (the console script's way).
+    One host failing never stops the others. Returns a GroupResult keyed by
+    host name; when a host failed, :class:`GroupSyncFailed` (carrying that
+    result, successes included) is raised unless ``warn=True``
+    (``raise_on_failure``, the older spelling, wins when given).
+
+    ``only`` selects hosts by name or pattern, ``hosts`` gives the selection
+    as HostEntry records instead (e.g. from ``fab -H``), ``shard`` ("K/N")
+    keeps a stable share of them. Selected hosts with no mapper file are in
+    the result as "no mapping". ``on_result(HostResult)`` is called as each
+    host finishes. ``cancel`` stops the run (see the module docstring);
+    ``hurry`` stops waiting for running hosts. ``lightweight`` connects with
+    paramiko alone (the console script's way).
     """
+    if raise_on_failure is not None:
+        warn = not raise_on_failure
     inventory = inventory or load_inventory(config_path)
     settings = inventory.settings
     options = options_from(settings, **flags)
-    hosts = [h for h in select_hosts(inventory.hosts, only) if h.name in inventory.mappings]
-    group = GroupResult()
+    if cancel is not None:
+        options = replace(options, cancel=cancel)
+    selected = shard_hosts(hosts if hosts is not None else select_hosts(inventory.hosts, only), shard)
+    mapped = [h for h in selected if h.name in inventory.mappings]
     log = get_logger()
-    log.info("syncing %d host(s), %d at once%s", len(hosts), settings.connections,
+    log.info("syncing %d host(s), %d at once%s", len(mapped), settings.connections,
              " (dry run)" if options.dry_run else "")
     trees = LocalTrees(options.exclude, options.symlinks, log.warning)
     # Walk the local trees while the connections are being made.
-    trees.prefetch([m for h in hosts for m in inventory.mappings[h.name]])
-    with ThreadPoolExecutor(max_workers=max(1, min(settings.connections, len(hosts) or 1))) as pool:
-        futures = [pool.submit(_sync_entry, h, inventory.mappings[h.name], settings, options, trees, lightweight)
-                   for h in hosts]
-        for host, future in zip(hosts, futures):
-            result = future.result()
-            group[host.name] = result
-            if on_result:
-                on_result(result)
-    if raise_on_failure and group.failed:
-        raise SyncFailed(group)
+    trees.prefetch([m for h in mapped for m in inventory.mappings[h.name]])
+    live = _Live()
+
+    def job(host: HostEntry) -> Callable[[], HostResult]:
+        return lambda: _sync_entry(host, inventory.mappings[host.name], settings, options, trees, lightweight,
+                                   live)
+
+    done = run_hosts([(h.name, h.name, job(h)) for h in mapped], settings.connections, options.cancel, hurry,
+                     on_result, live, options.dry_run)
+    group = GroupResult()
+    for host in selected:
+        group[host.name] = done.get(host.name) or HostResult(host=host.name, state=NO_MAPPING,
+                                                             dry_run=options.dry_run)
+    if group.failed and not warn:
+        raise GroupSyncFailed(group)
     return group
 
 
-def check_hosts(inventory: Inventory, only=None, lightweight: bool = False) -> dict[str, str | None]:
-    """Connect to every host (host key and login checked); host -> error or None."""
+def check_hosts(inventory: Inventory, only=None, lightweight: bool = False, hosts: list[HostEntry] | None = None
+                ) -> dict[str, str | None]:
+    """Connect to every host (host key and login checked); host -> error or None.
+    ``hosts`` gives the selection as HostEntry records instead of ``only``."""
     settings = inventory.settings
-    hosts = select_hosts(inventory.hosts, only)
+    hosts = hosts if hosts is not None else select_hosts(inventory.hosts, only)
 
     def probe(host: HostEntry) -> str | None:
         c = None
@@ -221,4 +510,5 @@ def check_hosts(inventory: Inventory, only=None, lightweight: bool = False) -> d
         return dict(zip((h.name for h in hosts), pool.map(probe, hosts)))
 
 
-__all__ = ["sync_host", "sync_inventory", "check_hosts", "select_hosts", "options_from", "K"]
+__all__ = ["sync_host", "sync_inventory", "check_hosts", "select_hosts", "shard_hosts", "parse_shard", "in_shard",
+           "options_from", "run_hosts", "K"]

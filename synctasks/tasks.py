@@ -1,45 +1,117 @@
 """Invoke/Fabric tasks: thin wrappers over :mod:`synctasks.cli`.
 
-``fabfile.py`` imports these. Each task parses its flags, calls the library
-and exits with the run's status (0 in sync, 1 a host failed, 2 bad input).
-Under ``fab -H host1,host2 sync`` the task runs once per host with a
-Connection as its context; it then syncs just that host from its mapper file.
+``fabfile.py`` imports these (a user's own fabfile can too). Each task parses
+its flags, calls the library and exits with the run's status (0 in sync, 1 a
+host failed, 2 bad input, 130/143 interrupted).
+
+Under ``fab -H web1,deploy@web2:2222 sync`` Fabric calls the task once per
+host, and would stop at the first failing one. The first call syncs every
+``-H`` host in one run instead (user and port typed there honored, one
+summary, one --json report); the calls for the other hosts then have
+nothing left to do.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 from fabric import Connection
+from fabric.tasks import Task
 from invoke import Exit, task
 
 from . import cli
+from .constants import DEFAULT_CONFIG_NAME
 
 HELP = {
-    "config": "config.ini to use (default: the one next to fabfile.py, or $SYNCTASKS_CONFIG)",
+    "config": "config.ini to use (default: $SYNCTASKS_CONFIG, else the one next to the fabfile)",
     "only": "hosts to sync: names, IPs or shell patterns, comma-separated",
+    "shard": "sync only shard K of N of the selected hosts, as K/N (stable: by a hash of the host name)",
     "dry_run": "show what would change (rsync --itemize style), change nothing",
     "delete": "remove remote files under each dest that are not in its src",
     "force": "allow --delete on a dest close to / or the remote home",
     "checksum": "compare file contents (SHA-256) instead of size and mtime",
     "json": "write a machine-readable report of the run to this file",
     "quiet": "print only errors and the final status",
-    "verbose": "also print a line per file, skipped ones included",
+    "verbose": "list changed files (-vv: unchanged ones too)",
 }
 
-#: Set by fabfile.py: the config.ini next to it.
+#: Set by fabfile.py: the config.ini next to it (used when Invoke does not
+#: say where the fabfile is).
 DEFAULT_CONFIG: list[str | None] = [None]
 
+#: -H runs done in this process: (task, host strings) -> True.
+_RUNS: dict[tuple, bool] = {}
 
-def _config(config: str | None) -> str | None:
-    return config or os.environ.get("SYNCTASKS_CONFIG") or DEFAULT_CONFIG[0]
+
+class _Task(Task):
+    """Fabric's Task with short flags for --verbose and --quiet only (automatic
+    short flags would clash: -d for --dry-run or --delete?)."""
+
+    SHORT = {"verbose": "v", "quiet": "q"}
+
+    def arg_opts(self, name, default, taken_names):
+        opts = super().arg_opts(name, default, taken_names)
+        short = self.SHORT.get(name)
+        if short and short not in taken_names:
+            opts["names"].append(short)
+        return opts
 
 
-def _only(c, only: str | None) -> str | None:
-    # fab -H web1,web2 sync: Fabric hands each host's Connection in turn.
-    if isinstance(c, Connection) and not only:
-        return c.original_host
-    return only
+def _task(**kwargs):
+    return task(klass=_Task, auto_shortflags=False, **kwargs)
+
+
+def _config(c, config: str | None) -> str | None:
+    """--config, else $SYNCTASKS_CONFIG, else config.ini next to the fabfile
+    (the user's own fabfile too), else ./config.ini."""
+    if config or os.environ.get("SYNCTASKS_CONFIG"):
+        return config or os.environ["SYNCTASKS_CONFIG"]
+    prefix = getattr(getattr(c, "config", None), "_project_prefix", None)
+    if prefix:
+        return str(Path(prefix) / DEFAULT_CONFIG_NAME)
+    return DEFAULT_CONFIG[0]
+
+
+def cli_hosts(argv: list[str] | None = None) -> list[str] | None:
+    """The host strings of fab's -H / --hosts, as typed."""
+    argv = sys.argv[1:] if argv is None else argv
+    value = None
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg in ("-H", "--hosts") and index + 1 < len(argv):
+            value = argv[index + 1]
+            index += 2
+            continue
+        if arg.startswith("--hosts="):
+            value = arg.split("=", 1)[1]
+        elif arg.startswith("-H") and len(arg) > 2 and not arg.startswith("-H-"):
+            value = arg[2:].removeprefix("=")
+        index += 1
+    return [h.strip() for h in value.split(",") if h.strip()] if value else None
+
+
+def _hosts(c, name: str) -> tuple[list[str] | None, bool]:
+    """(-H host strings this run covers, whether this call runs it)."""
+    if not isinstance(c, Connection):
+        return None, True
+    specs = cli_hosts()
+    typed = set()
+    for spec in specs or []:
+        try:
+            typed.add(cli.split_host_string(spec)[1])
+        except Exception:
+            typed.add(spec)
+    if c.original_host not in typed:
+        # Not from -H (a task calling ours with its own Connection): that host alone.
+        return [c.original_host], True
+    key = (name, tuple(specs))
+    if key in _RUNS:
+        return specs, False
+    _RUNS[key] = True
+    return specs, True
 
 
 def _finish(status: int) -> None:
@@ -47,28 +119,36 @@ def _finish(status: int) -> None:
         raise Exit(code=status)
 
 
-@task(help=HELP, auto_shortflags=False)
-def sync(c, config=None, only=None, dry_run=False, delete=False, force=False, checksum=False, json=None,
-         quiet=False, verbose=False):
-    """Sync every host's mappings (hosts/<ip>.json) over SCP."""
-    _finish(cli.run_sync(_config(config), only=_only(c, only), dry_run=dry_run, delete=delete or None,
-                         checksum=checksum, json_path=json, quiet=quiet, verbose=verbose, force=force))
+@_task(help=HELP, incrementable=["verbose"])
+def sync(c, config=None, only=None, shard=None, dry_run=False, delete=False, force=False, checksum=False, json=None,
+         quiet=False, verbose=0):
+    """Sync every host's mappings (hosts/<ip>.json)."""
+    hosts, first = _hosts(c, "sync")
+    if first:
+        _finish(cli.run_sync(_config(c, config), only=only, hosts=hosts, shard=shard, dry_run=dry_run,
+                             delete=delete or None, checksum=checksum, json_path=json, quiet=quiet, verbose=verbose,
+                             force=force))
 
 
-@task(help={k: HELP[k] for k in ("config", "only", "delete", "checksum", "json", "verbose")}, auto_shortflags=False)
-def plan(c, config=None, only=None, delete=False, checksum=False, json=None, verbose=False):
+@_task(help={k: HELP[k] for k in ("config", "only", "shard", "delete", "checksum", "json", "quiet", "verbose")},
+       incrementable=["verbose"])
+def plan(c, config=None, only=None, shard=None, delete=False, checksum=False, json=None, quiet=False, verbose=0):
     """Show what sync would do, per file, without changing anything."""
-    _finish(cli.run_sync(_config(config), only=_only(c, only), dry_run=True, delete=delete or None,
-                         checksum=checksum, json_path=json, verbose=verbose))
+    hosts, first = _hosts(c, "plan")
+    if first:
+        _finish(cli.run_sync(_config(c, config), only=only, hosts=hosts, shard=shard, dry_run=True,
+                             delete=delete or None, checksum=checksum, json_path=json, quiet=quiet, verbose=verbose))
 
 
-@task(help={"config": HELP["config"]}, auto_shortflags=False)
+@_task(help={"config": HELP["config"]})
 def validate(c, config=None):
     """Check the three input files; connect to nothing."""
-    _finish(cli.run_validate(_config(config)))
+    _finish(cli.run_validate(_config(c, config)))
 
 
-@task(help={"config": HELP["config"], "only": "hosts to check"}, auto_shortflags=False)
+@_task(help={"config": HELP["config"], "only": "hosts to check"})
 def check(c, config=None, only=None):
     """Connect to every host: verify its host key and the login."""
-    _finish(cli.run_check(_config(config), _only(c, only)))
+    hosts, first = _hosts(c, "check")
+    if first:
+        _finish(cli.run_check(_config(c, config), only, hosts=hosts))

@@ -12,7 +12,7 @@ from conftest import MAIN_HOSTS, give
 from fabric import Connection
 
 import synctasks
-from synctasks import HostKeyError, SyncFailed, sync_host, sync_inventory
+from synctasks import GroupSyncFailed, HostKeyError, SyncFailed, sync_host, sync_inventory
 from synctasks.connection import apply_host_key_policy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,18 +46,19 @@ def test_sync_host_opens_with_strict_policy_by_default(project, server, remote, 
         sync_host(c, [{"src": str(project.root / "conf/app.conf"), "dest": f"{remote}/x"}])
 
 
-def test_sync_inventory_group_result_and_raise(project, server, remote):
+def test_sync_inventory_raises_unless_warn_and_carries_successes(project, server, remote):
     project.file("site/a", "a")
     project.add_host(server, MAIN_HOSTS[0], [{"src": "site", "dest": f"{remote}/ok"}])
     project.add_host(server, MAIN_HOSTS[1], [{"src": "site", "dest": "/root/denied/x"}])
     project.write()
-    group = sync_inventory(project.config_path)
+    group = sync_inventory(project.config_path, warn=True)
     assert set(group.succeeded) == {MAIN_HOSTS[0]} and set(group.failed) == {MAIN_HOSTS[1]}
     assert group.exit_code == 1
-    with pytest.raises(SyncFailed) as caught:
-        sync_inventory(project.config_path, raise_on_failure=True)
-    assert isinstance(caught.value, synctasks.SyncTasksError)
+    with pytest.raises(GroupSyncFailed) as caught:
+        sync_inventory(project.config_path)
+    assert isinstance(caught.value, SyncFailed) and isinstance(caught.value, synctasks.SyncTasksError)
     assert caught.value.result[MAIN_HOSTS[0]].ok
+    assert f"{MAIN_HOSTS[1]}: /root/denied/x" in str(caught.value)
 
 
 def test_failed_delete_is_reported(project, server, remote, capsys):

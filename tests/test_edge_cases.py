@@ -101,7 +101,7 @@ def test_file_written_during_the_send_is_not_committed(project, server, remote, 
                                          connect_kwargs={"key_filename": [str(server.client_key)]}),
                               "strict", known)
     with c:
-        result = sync_host(c, [{"src": str(growing), "dest": f"{remote}/log.txt"}], progress=Appender())
+        result = sync_host(c, [{"src": str(growing), "dest": f"{remote}/log.txt"}], progress=Appender(), warn=True)
         assert result.failed == 1 and "changed while it was sent" in result.first_error
         assert not (remote / "log.txt").exists()
         again = sync_host(c, [{"src": str(growing), "dest": f"{remote}/log.txt"}])
