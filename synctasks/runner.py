@@ -278,10 +278,14 @@ def run_hosts(jobs: list[tuple[Any, str, Callable[[], HostResult]]], workers: in
     try:
         for key, label, job in jobs:
             futures[pool.submit(job)] = (key, label)
+        order = {future: number for number, future in enumerate(futures)}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, timeout=POLL, return_when=FIRST_COMPLETED)
-            for future in sorted(done, key=lambda f: list(futures).index(f)):
+            # Futures cancelled by shutdown() never count as done for wait().
+            dropped = {f for f in pending if f.cancelled()}
+            pending -= dropped
+            for future in sorted(done | dropped, key=order.__getitem__):
                 collect(future)
             if cancel is None or not cancel.is_set():
                 continue
