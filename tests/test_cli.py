@@ -48,7 +48,7 @@ def test_verbose_lists_changed_items_and_vv_adds_skipped(project, server, remote
     (project.root / "site/a.txt").write_text("a, longer")
     status, out, _ = project.run("-v", capsys=capsys)
     assert status == 0
-    assert re.search(rf"^{re.escape(MAIN_HOSTS[0])}: >f\.s[.t]\.{{7}} {re.escape(str(dest))}/a\.txt$", out, re.M), out
+    assert re.search(rf"^{re.escape(MAIN_HOSTS[0])}: >f\.s[.t]\.{{6}} {re.escape(str(dest))}/a\.txt$", out, re.M), out
     assert f"{dest}/b.txt" not in out
     (project.root / "site/a.txt").write_text("a, longer still")
     status, out, _ = project.run("-vv", capsys=capsys)
