@@ -56,10 +56,14 @@ class Stream:
         self.buf += data
         return True
 
-    def read_until(self, needle: bytes) -> bytes:
-        """Everything up to and including ``needle``."""
+    def read_until(self, needle: bytes, limit: int = MAX_ANSWER) -> bytes:
+        """Everything up to and including ``needle`` (at most ``limit`` bytes
+        before it: a broken or hostile host cannot grow our buffer for ever)."""
         start = 0
         while True:
+            if len(self.buf) > limit + len(needle):
+                raise RemoteError(f"the remote side sent more than {limit} bytes where an answer was due",
+                                  host=self.label)
             found = self.buf.find(needle, start)
             if found >= 0:
                 end = found + len(needle)
@@ -104,25 +108,3 @@ class Stream:
             return True
         except (OSError, EOFError, paramiko.SSHException):
             return False
-
-
-class Markers:
-    """Reads the ``@@token@@ op status`` lines the script prints."""
-
-    def __init__(self, stream: Stream, token: str):
-        self.stream = stream
-        self.prefix = marker(token)
-
-    def next(self) -> tuple[bytes, str, int]:
-        """(bytes before the marker, op, status)."""
-        before, op, statuses = self.next_all()
-        return before, op, statuses[0]
-
-    def next_all(self) -> tuple[bytes, str, list[int]]:
-        """(bytes before the marker, op, every status on the line)."""
-        before = self.stream.read_until(self.prefix)[: -len(self.prefix)]
-        line = self.stream.read_until(b"\n")[:-1].decode()
-        op, _, statuses = line.partition(" ")
-        return before, op, [int(x) for x in statuses.split()]
-
-

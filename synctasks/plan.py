@@ -401,6 +401,7 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
             # the staging folder, and rename it over.
             if plan.chowns and plan.chowns[-1] == path:
                 plan.chowns.pop()
+                flags = flags[:2] + flags[2:6].replace(" ", ".") + "og..."
             reason, flags = "attributes", ">" + flags[1:]
         if entry.path in trusted and reason in ("unchanged", "mtime-only", "mode"):
             reason, flags = "event", ">f.st......"  # the watcher saw it change: trust that

@@ -201,7 +201,8 @@ def _open_regular(path: str) -> tuple[int | None, str | None]:
 
 
 def send_scp(stream: Stream, scp: ScpStream, records: list[tuple[bytes, list[Send]]], progress=None,
-             label: str = "", done: list[int] | None = None, trees: LocalTrees | None = None) -> None:
+             label: str = "", done: list[int] | None = None, trees: LocalTrees | None = None,
+             cancel=None) -> None:
     """Write the whole SCP stream; the sink's answers are read at the end.
 
     The script keeps the sink's answers in a file until the sink exits: one
@@ -238,6 +239,8 @@ def send_scp(stream: Stream, scp: ScpStream, records: list[tuple[bytes, list[Sen
     for navigation, sends in records:
         out += navigation
         for send_item in sends:
+            if cancel is not None:
+                cancel()  # raises to stop between files
             out += _file_header(send_item)
             entry = send_item.local
             known = trees.blobs.get(entry.path) if trees is not None else None

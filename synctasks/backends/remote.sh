@@ -1,9 +1,9 @@
 #!/bin/sh
 # synctasks' remote script (the shell backend): see synctasks/backends/shell.py
 # for the protocol. Runs under any POSIX sh with GNU, BusyBox or BSD tools.
-# Arguments: MODE (list | checksum | ops), then one "d:DEST" or "f:DEST" per
-# mapping. The run's secret never travels on a command line: the client sends
-# it as the first stdin line, once this script has said it runs ("I").
+# Argument: MODE (list | checksum | ops). Stdin: the run's token (never on a
+# command line), then (list modes) one "d:DEST" or "f:DEST" line per mapping
+# and an empty line, then the operations.
 # shellcheck disable=SC2016,SC2086
 # (SC2016: the $ in single quotes are for sh -c children; SC2086: $depth is
 # empty or two words, on purpose)
@@ -108,7 +108,7 @@ if [ "$mode" != ops ]; then
     fi
   fi
   printf 'L%s\0' "$lm"
-  for m do
+  while IFS= read -r m && [ -n "$m" ]; do
     k=${m%%:*}; d=${m#*:}
     printf 'M%s\0' "$d"
     if [ "$k" = d ]; then depth=; else depth='-maxdepth 0'; fi
