@@ -189,6 +189,8 @@ def run_sync(config: str | None = None, *, only=None, hosts: list[str] | None = 
             if dry_run or verbose:
                 for line in item_lines(result, max(verbose, 1)):
                     progress.line(line)
+            for note in result.notes:
+                progress.line(f"{escape(result.host)}: note: {escape(note)}")
             if not progress.draws:
                 progress.line(host_line(result))
 

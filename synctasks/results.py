@@ -115,6 +115,12 @@ class HostResult(_Tally):
     state: str = DONE
     #: The class name of the error that ended the host (e.g. "AuthError").
     error_type: str | None = None
+    #: The remote backend that carried the plan out: "shell" (sh + SCP) or
+    #: "sftp" (pure SFTP); "" if the host was never reached.
+    backend: str = ""
+    #: Things the user should know about how the host was synced (e.g. no
+    #: atomic rename on this SFTP server).
+    notes: list[str] = field(default_factory=list)
 
     def _all(self) -> list[FileResult]:
         return [f for m in self.mappings for f in m.files]
@@ -163,6 +169,7 @@ class HostResult(_Tally):
                 "error": self.first_error, "error_type": self.error_type,
                 "sent": self.sent, "skipped": self.skipped, "deleted": self.deleted, "failed": self.failed,
                 "bytes": self.bytes, "seconds": round(self.seconds, 3), "dry_run": self.dry_run,
+                "backend": self.backend, "notes": list(self.notes),
                 "mappings": [m.to_dict() for m in self.mappings]}
 
 

@@ -156,8 +156,7 @@ def sync_host(c, mappings: Iterable[Mapping | dict], *, settings: Settings | Non
     except SyncTasksError as exc:
         if options.cancelled:
             raise Interrupted("stopped before it finished", host=label) from exc
-        result = HostResult(host=label, error=_short(exc, label), error_type=type(exc).__name__,
-                            dry_run=options.dry_run)
+        result = _failed(label, exc, options)
         if not warn:
             raise SyncFailed(result) from exc
     if not result.ok and not warn:
@@ -211,10 +210,16 @@ def _sync_group(members: list, mappings: list[Mapping], options: SyncOptions, se
 
 def _failed(label: str, exc: SyncTasksError, options: SyncOptions) -> HostResult:
     """The result of a host that ended with ``exc``: stopped when the run
-    was cancelled (closing its connection is how a stop may reach it)."""
+    was cancelled (closing its connection is how a stop may reach it).
+    What the engine did before the error (``exc.result``) is kept."""
+    result = getattr(exc, "result", None)
+    if not isinstance(result, HostResult):
+        result = HostResult(host=label, dry_run=options.dry_run)
     if isinstance(exc, Interrupted) or options.cancelled:
-        return HostResult(host=label, state=STOPPED, dry_run=options.dry_run)
-    return HostResult(host=label, error=_short(exc, label), error_type=type(exc).__name__, dry_run=options.dry_run)
+        result.state = STOPPED
+    else:
+        result.error, result.error_type = _short(exc, label), type(exc).__name__
+    return result
 
 
 class _Live:
