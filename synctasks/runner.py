@@ -159,6 +159,10 @@ def sync_host(c, mappings: Iterable[Mapping | dict], *, settings: Settings | Non
         result = _failed(label, exc, options)
         if not warn:
             raise SyncFailed(result) from exc
+    if options.cancelled and not result.ok:
+        stopped = Interrupted("stopped before it finished", host=label)
+        stopped.result = result
+        raise stopped
     if not result.ok and not warn:
         raise SyncFailed(result)
     return result

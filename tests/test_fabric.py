@@ -58,7 +58,7 @@ def test_failed_file_raises_sync_failed_naming_host_and_path(project, server, re
     assert isinstance(error, SyncTasksError) and not isinstance(error, GroupSyncFailed)
     assert error.result.failed and not error.result.ok
     assert error.reasons and all(r.startswith(f"{MAIN_HOSTS[0]}: {locked}/site") for r in error.reasons)
-    assert "Permission denied" in str(error) and f"{MAIN_HOSTS[0]}: {locked}/site" in str(error)
+    assert "not writable" in str(error) and f"{MAIN_HOSTS[0]}: {locked}/site" in str(error)
     # warn=True: the same failure comes back as a result; the good mapping went through.
     assert not result.ok and result.failed and (remote / "open/a").read_text() == "a"
 
