@@ -44,8 +44,8 @@ def host_line(result: HostResult) -> str:
         return f"{host}: {result.state}"
     size = human_bytes(result.bytes)
     if result.dry_run:
-        counts = (f"{result.sent} to send, {result.skipped} unchanged, {result.deleted} to delete, {size}, "
-                  f"{result.seconds:.2f}s")
+        counts = (f"would send {result.sent} file(s), {size}, would delete {result.deleted}, "
+                  f"{result.skipped} unchanged, {result.seconds:.2f}s")
     else:
         counts = (f"{result.sent} sent, {result.skipped} skipped, {result.deleted} deleted, {size}, "
                   f"{result.seconds:.2f}s")

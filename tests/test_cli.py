@@ -116,7 +116,7 @@ def test_plan_says_would_never_in_sync_for_pending_changes(project, server, remo
     dest = synced_site(project, server, remote)
     status, out, _ = project.run("plan", capsys=capsys)
     assert status == 0 and not dest.exists()
-    assert f"{MAIN_HOSTS[0]}: would change (2 to send" in out
+    assert f"{MAIN_HOSTS[0]}: would change (would send 2 file(s), 10 B, would delete 0, 0 unchanged" in out
     assert "in sync" not in out and "ok" not in out.split()
     assert out.strip().splitlines()[-1].startswith("dry run: 1 of 1 host(s) would change (2 file(s) would be sent")
     assert project.run(capsys=capsys)[0] == 0
