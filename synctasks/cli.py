@@ -52,11 +52,6 @@ class _ConsoleFormatter(logging.Formatter):
         return f"{record.levelname.lower()}: {escape(message)}"
 
 
-def printable(text: str) -> str:
-    """One line, whatever the path holds: control characters escaped."""
-    return escape(text)
-
-
 class _Signals:
     """While a run lasts, SIGINT and SIGTERM stop it instead of killing it:
     the first sets ``cancel`` (queued hosts never start, running ones stop

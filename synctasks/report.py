@@ -16,7 +16,7 @@ from pathlib import Path
 from . import constants as K
 from .errors import InputError
 from .progress import escape, human_bytes
-from .results import DONE, NO_MAPPING, NOT_STARTED, STOPPED, HostResult
+from .results import NO_MAPPING, NOT_STARTED, STOPPED, HostResult
 
 #: Widest table line on a terminal that does not say (and in CI logs).
 TABLE_WIDTH = 80
@@ -202,4 +202,4 @@ def merge_reports(paths: list[str | Path]) -> tuple[dict, int]:
     return merged, status
 
 
-__all__ = ["item_lines", "host_line", "summary_lines", "final_line", "merge_reports", "write_report", "DONE"]
+__all__ = ["item_lines", "host_line", "summary_lines", "final_line", "merge_reports", "write_report", "worst"]

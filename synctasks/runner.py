@@ -433,12 +433,10 @@ def _sync_entry(host: HostEntry, mappings: list[Mapping], settings: Settings, op
                 pass
     result.seconds = time.monotonic() - started
     verb = "would change" if options.dry_run else "changed"
-    if result.state != DONE:
-        pass
-    elif result.ok:
+    if result.state == DONE and result.ok:
         log.info("done: %d sent, %d skipped, %d deleted, %d bytes in %.2fs; %s: %s", result.sent, result.skipped,
                  result.deleted, result.bytes, result.seconds, verb, "yes" if result.changed else "no")
-    elif result.error is None:
+    elif result.state == DONE and result.error is None:
         log.error("finished with %d failed file(s): %d sent, %d skipped in %.2fs", result.failed, result.sent,
                   result.skipped, result.seconds)
     return result
