@@ -148,6 +148,22 @@ def test_fab_hosts_unknown_host_speaks_of_h(project, server, remote):
     assert done.returncode == 2
     assert "-H web9.example: no such host in connection_info.json" in done.stderr
     assert "--only" not in done.stderr
+    checked = fab("-H", f"web9.example,{MAIN_HOSTS[0]}", "check", "--config", str(project.config_path))
+    assert checked.returncode == 2 and "-H web9.example: no such host" in checked.stderr
+    checked = fab("-H", MAIN_HOSTS[0], "check", "--config", str(project.config_path))
+    assert checked.returncode == 0 and f"{MAIN_HOSTS[0]}: ok" in checked.stdout
+
+
+def test_host_strings_parse_like_fabric():
+    from synctasks.cli import split_host_string
+    from synctasks.errors import InputError
+
+    assert split_host_string("web1") == (None, "web1", None)
+    assert split_host_string("deploy@web1:2222") == ("deploy", "web1", 2222)
+    assert split_host_string("me@[fe80::1]:22") == ("me", "fe80::1", 22)
+    assert split_host_string("fe80::1") == (None, "fe80::1", None)
+    with pytest.raises(InputError, match="port 'x' is not a number"):
+        split_host_string("web1:x")
 
 
 def test_user_fabfile_uses_config_next_to_it_and_verbose_flags(project, server, remote):
