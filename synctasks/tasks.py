@@ -34,7 +34,7 @@ HELP = {
     "checksum": "compare file contents (SHA-256) instead of size and mtime",
     "json": "write a machine-readable report of the run to this file",
     "quiet": "print only errors and the final status",
-    "verbose": "list changed files (-vv: unchanged ones too)",
+    "verbose": "list changed files; repeat it (-vv, no value) to list unchanged ones too",
 }
 
 #: Set by fabfile.py: the config.ini next to it (used when Invoke does not
