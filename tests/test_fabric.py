@@ -164,6 +164,11 @@ def test_host_strings_parse_like_fabric():
     assert split_host_string("fe80::1") == (None, "fe80::1", None)
     with pytest.raises(InputError, match="port 'x' is not a number"):
         split_host_string("web1:x")
+    from synctasks.tasks import cli_hosts
+
+    assert cli_hosts(["-H", "a,b@c:2", "sync", "-v"]) == ["a", "b@c:2"]
+    assert cli_hosts(["--hosts=a", "sync"]) == ["a"] and cli_hosts(["-Ha,b", "plan"]) == ["a", "b"]
+    assert cli_hosts(["sync", "--only", "a"]) is None
 
 
 def test_user_fabfile_uses_config_next_to_it_and_verbose_flags(project, server, remote):
