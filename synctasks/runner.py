@@ -192,6 +192,8 @@ def _sync_group(members: list, mappings: list[Mapping], options: SyncOptions, se
                 password = sudo_password if sudo_password is not None else _password(member)
                 add_secret(password)
                 result = sync_connection(member, mappings, options, label, trees, password)
+                if options.cancelled and not result.ok:
+                    result.state = STOPPED
             except SyncTasksError as exc:
                 result = _failed(label, exc, options)
             except Exception as exc:  # a bug or an unforeseen library error: this member only
