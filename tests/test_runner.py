@@ -79,3 +79,17 @@ def test_second_signal_stops_waiting():
 def test_no_cancel_runs_everything_in_order():
     results = runner.run_hosts([(n, n, lambda n=n: HostResult(host=n)) for n in "abcdef"], 3)
     assert list(results) == list("abcdef") and all(r.state == DONE and r.ok for r in results.values())
+
+
+def test_cancelled_group_starts_no_member(tmp_path):
+    from fabric import Connection, ThreadingGroup
+
+    from synctasks import sync_host
+
+    (tmp_path / "a.txt").write_text("a")
+    group = ThreadingGroup.from_connections([Connection("127.0.0.2", port=1), Connection("127.0.0.3", port=1)])
+    cancel = threading.Event()
+    cancel.set()
+    results = sync_host(group, [{"src": str(tmp_path / "a.txt"), "dest": "/srv/a.txt"}], cancel=cancel, warn=True)
+    assert [r.state for r in results.values()] == [NOT_STARTED, NOT_STARTED]
+    assert not any(c.is_connected for c in group) and list(results) == list(group)
