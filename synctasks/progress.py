@@ -20,13 +20,16 @@ import sys
 import threading
 import time
 
+from .logger import redact
 from .results import HostResult
 
 
 def escape(text: str) -> str:
     """``text`` as one safe line: control characters (terminal escapes,
     newlines, bidi overrides) and undecodable bytes (surrogate escapes) are
-    shown as ``\\xNN`` / ``\\uNNNN``, never sent to the terminal raw."""
+    shown as ``\\xNN`` / ``\\uNNNN``, never sent to the terminal raw; a
+    registered secret (a remote error may echo one) is masked, as in the logs."""
+    text = redact(text)
     if text.isprintable():
         return text
     out = []

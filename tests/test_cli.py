@@ -226,3 +226,10 @@ def test_bad_shard_is_an_input_error(project, server, remote, capsys):
     synced_site(project, server, remote)
     status, _, err = project.run("--shard", "3/2", capsys=capsys)
     assert status == 2 and "--shard 3/2" in err
+
+
+def test_printed_text_masks_secrets():
+    from synctasks.logger import add_secret
+
+    add_secret("s3cr3t-for-the-escape-test")
+    assert escape("sudo: s3cr3t-for-the-escape-test\x1b") == "sudo: ********\\x1b"
