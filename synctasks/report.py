@@ -42,14 +42,17 @@ def host_line(result: HostResult) -> str:
     host = escape(result.host)
     if result.state in (STOPPED, NOT_STARTED, NO_MAPPING):
         return f"{host}: {result.state}"
-    size = human_bytes(result.bytes)
-    if result.dry_run:
+    size, seconds = human_bytes(result.bytes), f"{result.seconds:.2f}s"
+    if result.dry_run and result.changed:
         counts = (f"would send {result.sent} file(s), {size}, would delete {result.deleted}, "
-                  f"{result.skipped} unchanged, {result.seconds:.2f}s")
+                  f"{result.skipped} unchanged, {seconds}")
+    elif result.dry_run or (result.ok and not result.changed):
+        counts = f"{result.skipped} unchanged, {seconds}"
     else:
-        counts = (f"{result.sent} sent, {result.skipped} skipped, {result.deleted} deleted, {size}, "
-                  f"{result.seconds:.2f}s")
+        counts = f"{result.sent} sent, {result.skipped} skipped, {result.deleted} deleted, {size}, {seconds}"
     if not result.ok:
+        if result.error and not result.mappings:  # never got to its files
+            return f"{host}: FAILED: {escape(result.error)} ({seconds})"
         return f"{host}: FAILED: {escape(result.first_error or '')} ({counts})"
     if result.dry_run:
         return f"{host}: {result.status} ({counts})"
