@@ -79,16 +79,27 @@ def summary_lines(report: dict, width: int = TABLE_WIDTH) -> list[str]:
                      f"{host.get('seconds', 0):.2f}s"))
         if host.get("error"):
             errors[len(rows) - 1] = escape(str(host["error"]))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    columns = list(range(len(head)))
+    # Too wide (long host names)? Drop what matters least: the time, then
+    # columns that are all zero.
+    for drop in (7, 5, 4, 3):
+        if _width(rows, columns) <= width:
+            break
+        if drop == 7 or all(row[drop] == "0" for row in rows[1:]):
+            columns.remove(drop)
+    widths = {i: max(len(row[i]) for row in rows) for i in columns}
     numeric = {2, 3, 4, 5}
     lines = []
     for number, row in enumerate(rows):
-        cells = [cell.rjust(w) if i in numeric and number else cell.ljust(w)
-                 for i, (cell, w) in enumerate(zip(row, widths))]
+        cells = [row[i].rjust(widths[i]) if i in numeric and number else row[i].ljust(widths[i]) for i in columns]
         lines.append("  ".join(cells).rstrip())
         if number in errors:
             lines.append(_cut("    " + errors[number], width))
     return lines
+
+
+def _width(rows, columns) -> int:
+    return sum(max(len(row[i]) for row in rows) for i in columns) + 2 * (len(columns) - 1)
 
 
 def final_line(report: dict, label: str | None = None) -> str:

@@ -233,3 +233,15 @@ def test_printed_text_masks_secrets():
 
     add_secret("s3cr3t-for-the-escape-test")
     assert escape("sudo: s3cr3t-for-the-escape-test\x1b") == "sudo: ********\\x1b"
+
+
+def test_summary_of_long_host_names_drops_columns_to_fit():
+    from synctasks.report import summary_lines
+
+    hosts = [{"host": f"web{i}.eu-west-1.compute.internal.example.com", "status": "changed", "sent": 3,
+              "skipped": 40000, "deleted": 0, "failed": 0, "bytes": 3 << 20, "seconds": 12.5, "ok": True}
+             for i in range(3)]
+    lines = summary_lines({"hosts": hosts})
+    assert all(len(line) <= 80 for line in lines), lines
+    assert "SENT" in lines[0] and "BYTES" in lines[0] and "TIME" not in lines[0] and "DELETED" not in lines[0]
+    assert "TIME" in summary_lines({"hosts": hosts[:1]}, width=200)[0]
