@@ -42,6 +42,12 @@ class _ConsoleFormatter(logging.Formatter):
         return f"{record.levelname.lower()}: {prefix}{record.getMessage()}"
 
 
+def print_input_error(exc: InputError) -> None:
+    """One ``error:`` line per problem (an InputError may list several)."""
+    for line in str(exc).splitlines() or [""]:
+        print(f"error: {line}", file=sys.stderr)
+
+
 def printable(text: str) -> str:
     """One line, whatever the path holds: control characters escaped."""
     return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
@@ -100,7 +106,7 @@ def run_sync(config: str | None = None, *, only=None, dry_run: bool = False, del
         if (delete or (delete is None and inventory.settings.delete)) and not force:
             _check_shallow_dests(inventory)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_input_error(exc)
         close_logging()
         return K.EXIT_BAD_INPUT
     if quiet:
@@ -152,7 +158,7 @@ def run_validate(config: str | None = None, out=None) -> int:
     try:
         inventory = _load(config)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_input_error(exc)
         close_logging()
         return K.EXIT_BAD_INPUT
     count = sum(len(m) for m in inventory.mappings.values())
@@ -168,7 +174,7 @@ def run_check(config: str | None = None, only=None, out=None, lightweight: bool 
         inventory = _load(config)
         select_hosts(inventory.hosts, only)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_input_error(exc)
         close_logging()
         return K.EXIT_BAD_INPUT
     status = check_hosts(inventory, only, lightweight)
