@@ -45,6 +45,19 @@ def redact(text: str) -> str:
     return text
 
 
+def redact_data(data):
+    """``data`` (JSON-like: dicts, lists, strings) with secrets masked in every string."""
+    if not _secrets:
+        return data
+    if isinstance(data, str):
+        return redact(data)
+    if isinstance(data, dict):
+        return {redact_data(k): redact_data(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [redact_data(v) for v in data]
+    return data
+
+
 def _escape_char(char: str) -> str:
     code = ord(char)
     if 0xDC80 <= code <= 0xDCFF:  # a byte os.fsdecode could not decode
