@@ -11,6 +11,7 @@ import pytest
 from conftest import MAIN_HOSTS
 from fabric import Connection
 
+from synctasks import cli
 from synctasks.connection import build_connection, open_connection
 from synctasks.errors import HostKeyError
 from synctasks.inputs import HostEntry, load_settings
@@ -209,6 +210,12 @@ def test_ssh_config_known_hosts_files_are_read(project, server, remote, tmp_path
     status, _, _ = project.run()
     assert status == 0 and (remote / "x/a.txt").read_text() == "a"
     assert project.known_hosts.read_text() == ""
+    # The console script's paramiko-only connections read them too.
+    (remote / "x/a.txt").unlink()
+    assert cli.main(["--config", str(project.config_path), "sync"], lightweight=True) == 0
+    assert (remote / "x/a.txt").read_text() == "a"
+    elsewhere.write_text("")
+    assert cli.main(["--config", str(project.config_path), "sync"], lightweight=True) == 1
 
 
 def test_first_contact_hint_works_on_a_fresh_machine(project, server, remote, tmp_path, capsys):
