@@ -481,16 +481,22 @@ MAPPING_KEYS = ("src", "dest", "exclude", "sudo", "owner", "group", "mode")
 
 
 def load_hosts(settings: Settings, warnings: list[str], env: TypingMapping[str, str] | None = None,
-               problems: Problems | None = None) -> list[HostEntry]:
+               problems: Problems | None = None, names: list[str] | None = None) -> list[HostEntry]:
     """connection_info.json's entries. Every problem of the file is recorded
-    in ``problems``; without one, they are raised together."""
+    in ``problems``; without one, they are raised together. ``names`` gets
+    the host name of every entry that has a sound one (whatever else is
+    wrong with it), or None appended when the file or an entry has none."""
     env = os.environ if env is None else env
     own = problems is None
     problems = Problems() if own else problems
     path = settings.connection_info
     label = _display(path, settings.base_dir)
     example = '{"ip_address": "10.0.0.5", "user": "deploy", "passkey": "..."}'
-    entries = problems.guard(lambda: _list_of_objects(_read_json(path, label), label, example), default=[])
+    entries = problems.guard(lambda: _list_of_objects(_read_json(path, label), label, example))
+    if entries is None:
+        entries = []
+        if names is not None:
+            names.append(None)
     try:
         mode = path.stat().st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -514,6 +520,8 @@ def load_hosts(settings: Settings, warnings: list[str], env: TypingMapping[str, 
                 problems.add(f"{where}: duplicate host '{name}' (also entry {seen[name]}): keep one entry per host")
             else:
                 seen[name] = number
+        if names is not None:
+            names.append(name if name and name in seen else None)
         port = problems.guard(_port, entry, where)
         user = problems.guard(_field, entry, "user", str, where)
         password = problems.guard(_field, entry, "passkey", str, where)
@@ -737,9 +745,11 @@ def load_inventory(
     settings = settings or load_settings(config_path, overrides, env)
     warnings: list[str] = []
     problems = Problems()
-    hosts = load_hosts(settings, warnings, env, problems)
-    # Which mapper file has no host can only be told from a sound host list.
-    hosts_sound = not problems
+    named: list[str | None] = []
+    hosts = load_hosts(settings, warnings, env, problems, named)
+    # Which mapper file has no host can only be told when every entry has a name.
+    names_sound = None not in named
+    names = list(dict.fromkeys(n for n in named if n))
     hosts_dir = settings.hosts_dir
     if not hosts_dir.is_dir():
         problems.add(f"{hosts_dir}: hosts folder not found: create it with one <ip_address>.json per host")
@@ -747,18 +757,21 @@ def load_inventory(
     mapper_files = {p.name[: -len(".json")]: p for p in sorted(hosts_dir.glob("*.json"))}
     mappings: dict[str, list[Mapping]] = {}
     unmapped: list[str] = []
+    sound = {h.name for h in hosts}
     for host in hosts:
-        path = mapper_files.get(host.name)
-        if path is None:
+        if host.name not in mapper_files:
             unmapped.append(host.name)
             label = _display(hosts_dir / f"{host.name}.json", settings.base_dir)
             warnings.append(f"{label}: no mapper file for host {host.name} ({host.source}): host skipped")
-            continue
-        mappings[host.name] = load_mappings(path, settings, warnings, problems)
-    names = [h.name for h in hosts]
+    for name in names:
+        # Also the mapper files of entries with problems: every problem in one run.
+        if name in mapper_files:
+            loaded = load_mappings(mapper_files[name], settings, warnings, problems)
+            if name in sound:
+                mappings[name] = loaded
     info = _display(settings.connection_info, settings.base_dir)
     for name, path in mapper_files.items():
-        if name in names or not hosts_sound:
+        if name in names or not names_sound:
             continue
         label = _display(path, settings.base_dir)
         if settings.allow_orphan_mapper_files:
