@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from conftest import MAIN_HOSTS, UNREACHABLE_HOST, tree_state, without_inodes
+from conftest import MAIN_HOSTS, UNREACHABLE_HOST, leftover_name, tree_state, without_inodes
 
 from synctasks.constants import STAGING_PREFIX
 
@@ -85,7 +85,7 @@ def test_file_replaced_atomically_keeps_no_temp(project, server, remote):
     target.write_text("old\n")
     os.chown(target.parent, *_owner(remote))
     # A leftover of a cut run: the next run removes it.
-    stale = target.parent / (STAGING_PREFIX + "deadbeef")
+    stale = target.parent / leftover_name()
     stale.mkdir()
     (stale / "app.conf").write_text("partial")
     os.chown(stale, *_owner(remote))
