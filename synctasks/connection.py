@@ -63,6 +63,8 @@ DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
 GLOBAL_KNOWN_HOSTS = (Path("/etc/ssh/ssh_known_hosts"), Path("/etc/ssh/ssh_known_hosts2"))
 #: The environment variable that sets the policy for one run.
 POLICY_ENV = f"{K.ENV_PREFIX}SECURITY_HOST_KEY_POLICY"
+#: The ways to ask for accept-new, as the first-contact hint lists them.
+ACCEPT_NEW_WAYS = ("[security] host_key_policy = accept-new", f"{POLICY_ENV}=accept-new for one run")
 #: Host-key algorithms to ask for, first, when known_hosts holds a key of a type.
 _ALGORITHMS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")}
 
@@ -247,8 +249,8 @@ def check_server_key(lookup: str, key: paramiko.PKey, policy: str, files: KnownH
     searched = ", ".join(str(p) for p in files.all)
     raise HostKeyError(
         f"unknown host key {fingerprint(key)} for {lookup}: it is in none of {searched}. Check the fingerprint, "
-        f"then let synctasks record it on first contact ([security] host_key_policy = accept-new, or "
-        f"{POLICY_ENV}=accept-new for one run) or record it now: {add_it_hint(lookup, target)}",
+        f"then let synctasks record it on first contact ({', or '.join(ACCEPT_NEW_WAYS)}) "
+        f"or record it now: {add_it_hint(lookup, target)}",
         host=label,
     )
 
