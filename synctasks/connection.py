@@ -200,14 +200,12 @@ def _record(path: Path, lookup: str, key: paramiko.PKey) -> None:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             folder.chmod(0o700)  # whatever the umask
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "a+", encoding="utf-8") as handle:
-            handle.seek(0, os.SEEK_END)
-            if handle.tell():
-                handle.seek(handle.tell() - 1)
-                newline = handle.read(1) != "\n"
-            else:
-                newline = False
-            handle.write(("\n" if newline else "") + f"{lookup} {key.get_name()} {key.get_base64()}\n")
+        with os.fdopen(fd, "rb+") as handle:
+            end = handle.seek(0, os.SEEK_END)
+            # A last line without its newline must not swallow ours.
+            newline = end > 0 and handle.seek(end - 1) >= 0 and handle.read(1) != b"\n"
+            line = f"{lookup} {key.get_name()} {key.get_base64()}\n".encode()
+            handle.write((b"\n" if newline else b"") + line)
 
 
 def check_server_key(lookup: str, key: paramiko.PKey, policy: str, files: KnownHostsFiles, label: str) -> None:

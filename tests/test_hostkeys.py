@@ -294,3 +294,15 @@ def test_no_credentials_via_api_raises_auth_error(server, tmp_path, monkeypatch)
                               server.write_known_hosts(tmp_path / "known_hosts"))
     with pytest.raises(AuthError, match="no credentials"):
         open_connection(c, MAIN_HOSTS[0], retries=3, backoff=5)
+
+
+def test_accept_new_appends_after_a_last_line_without_newline(server, tmp_path):
+    from synctasks.connection import verify_host_key
+
+    known = tmp_path / "known_hosts"
+    known.write_text("# kept, no newline at the end")
+    with fabric_connection(server) as c:
+        c.run("true", hide=True, in_stream=False)
+        verify_host_key(c, "accept-new", known)
+    assert known.read_text().splitlines() == ["# kept, no newline at the end",
+                                              f"[{MAIN_HOSTS[0]}]:{server.port} {server.host_key_line}"]
