@@ -338,9 +338,8 @@ def verify_host_key(c, policy: str | None = None, known_hosts: str | os.PathLike
     policy, known_hosts = _policy_args(policy, known_hosts)
     label = label or c.original_host
     gateway = getattr(c, "gateway", None)
-    while gateway is not None and hasattr(gateway, "client"):
+    if gateway is not None and hasattr(gateway, "client"):  # a ProxyJump Connection (its own jump host next)
         verify_host_key(gateway, policy, known_hosts, label=f"{label} via {gateway.original_host}")
-        gateway = getattr(gateway, "gateway", None)
     if not c.is_connected:
         apply_host_key_policy(c, policy, known_hosts, label)
         return

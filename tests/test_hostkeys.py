@@ -306,3 +306,30 @@ def test_accept_new_appends_after_a_last_line_without_newline(server, tmp_path):
         verify_host_key(c, "accept-new", known)
     assert known.read_text().splitlines() == ["# kept, no newline at the end",
                                               f"[{MAIN_HOSTS[0]}]:{server.port} {server.host_key_line}"]
+
+
+def test_open_connection_through_a_jump_host_checks_the_jump_host_too(server, tmp_path):
+    """A task's own ProxyJump Connection, opened by Fabric (trusting both keys):
+    the jump host's key is checked as well."""
+    from fabric import Config
+
+    from synctasks.connection import verify_host_key
+    from synctasks.testproxy import TcpProxy
+
+    with TcpProxy((MAIN_HOSTS[0], server.port), listen=(MAIN_HOSTS[0], 0)) as jump_door:
+        ssh_config = tmp_path / "ssh_config"
+        ssh_config.write_text("\n".join([
+            "Host web-alias", f"    HostName {MAIN_HOSTS[1]}", f"    Port {server.port}", f"    User {server.user}",
+            f"    IdentityFile {server.client_key}", "    ProxyJump jumphost",
+            "Host jumphost", f"    HostName {MAIN_HOSTS[0]}", f"    Port {jump_door.port}", f"    User {server.user}",
+            f"    IdentityFile {server.client_key}"]) + "\n")
+        known = tmp_path / "known_hosts"
+        known.write_text(f"[{MAIN_HOSTS[1]}]:{server.port} {server.host_key_line}\n")  # the target only
+        c = Connection("web-alias", config=Config(runtime_ssh_path=str(ssh_config)))
+        with c:
+            c.run("true", hide=True, in_stream=False)
+            with pytest.raises(HostKeyError, match=rf"web-alias via jumphost: unknown host key .*:{jump_door.port}"):
+                verify_host_key(c, "strict", known)
+            with open(known, "a") as handle:
+                handle.write(f"[{MAIN_HOSTS[0]}]:{jump_door.port} {server.host_key_line}\n")
+            verify_host_key(c, "strict", known)
