@@ -244,9 +244,11 @@ def check_server_key(lookup: str, key: paramiko.PKey, policy: str, files: KnownH
         _record(target, lookup, key)
         log.warning("new host key for %s recorded in %s: %s", lookup, target, fingerprint(key))
         return
-    searched = ", ".join(str(p) for p in files.all)
+    existing = [str(p) for p in files.all if p.is_file()]
+    where = f"it is in none of {', '.join(existing)}" if len(existing) > 1 else (
+        f"it is not in {existing[0]}" if existing else f"there is no {target} yet")
     raise HostKeyError(
-        f"unknown host key {fingerprint(key)} for {lookup}: it is in none of {searched}. Check the fingerprint, "
+        f"unknown host key {fingerprint(key)} for {lookup}: {where}. Check the fingerprint, "
         f"then let synctasks record it on first contact ({', or '.join(ACCEPT_NEW_WAYS)}) "
         f"or record it now: {add_it_hint(lookup, target)}",
         host=label,

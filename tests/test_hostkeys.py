@@ -228,6 +228,7 @@ def test_first_contact_hint_works_on_a_fresh_machine(project, server, remote, tm
     assert status == 1
     message = next(line for line in err.splitlines() if "unknown host key" in line)
     assert "host_key_policy = accept-new" in message and "SYNCTASKS_SECURITY_HOST_KEY_POLICY=accept-new" in message
+    assert f"there is no {fresh} yet" in message
     command = message.split("record it now: ", 1)[1]
     assert command.startswith("mkdir -p -m 700 ")
     subprocess.run(["sh", "-c", command], check=True, capture_output=True)
