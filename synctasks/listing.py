@@ -44,6 +44,10 @@ class Listing:
     active: dict[str, list[str]] = field(default_factory=dict)
     #: remote paths the listing method could not carry (a newline in a name)
     unlisted: list[str] = field(default_factory=list)
+    #: the login user as the host names it
+    user: str = ""
+    #: dest -> the folder where its work lands, when the listing user cannot write it
+    unwritable: dict[str, str] = field(default_factory=dict)
 
 
 def _text(raw: bytes) -> str:
@@ -107,6 +111,11 @@ def parse_listing(data: bytes) -> Listing:
                     listing.stale.append(path)
                 else:
                     listing.active.setdefault(dest, []).append(path)
+        elif tag == b"U":
+            listing.user = _text(record[1:])
+        elif tag == b"W":
+            if record[1:2] == b"0":
+                listing.unwritable[dest] = _text(record[2:])
         elif tag == b"N":
             listing.unlisted.append(_text(record[1:]))
         elif tag == b"E":

@@ -94,4 +94,7 @@ def test_without_sudo_a_root_owned_dest_is_a_clear_failure(project, server, root
     project.file("conf/app.conf", "x\n")
     project.add_host(server, MAIN_HOSTS[0], [{"src": "conf/app.conf", "dest": f"{root_dest}/app.conf"}])
     status, out, _ = project.run(capsys=capsys)
-    assert status == 1 and f"cannot write into {root_dest}: Permission denied" in out
+    assert status == 1 and f'{root_dest} is not writable by {server.user}: set "sudo": true' in out
+    # The plan says so too, before anything is sent.
+    status, out, _ = project.run("--dry-run", capsys=capsys)
+    assert status == 1 and f'{root_dest} is not writable by {server.user}: set "sudo": true' in out

@@ -107,11 +107,17 @@ if [ "$mode" != ops ]; then
     else printf 'Xthe host has no sha256sum (nor shasum): --checksum cannot run there; drop --checksum\0'; exit 4
     fi
   fi
-  printf 'L%s\0' "$lm"
+  printf 'L%s\0U%s\0' "$lm" "$(id -un 2>/dev/null || id -u)"
   while IFS= read -r m && [ -n "$m" ]; do
     k=${m%%:*}; d=${m#*:}
     printf 'M%s\0' "$d"
     if [ "$k" = d ]; then depth=; else depth='-maxdepth 0'; fi
+    # Can we write where the work lands? (the dest folder, else the nearest
+    # folder that exists above it)
+    w=$d
+    if [ "$k" = f ] || [ ! -d "$d" ]; then w=${d%/*}; fi
+    while [ -n "$w" ] && [ ! -d "$w" ]; do w=${w%/*}; done
+    if [ -w "${w:-/}" ]; then printf 'W1\0'; else printf 'W0%s\0' "${w:-/}"; fi
     if [ -e "$d" ] || [ -h "$d" ]; then
       if [ $lm = gnu ]; then
         find -H "$d" $depth -name "$PAT" -prune -exec sh -c "$STALE" sh {} + \
