@@ -21,7 +21,7 @@ from . import __version__
 from . import constants as K
 from .errors import InputError
 from .inputs import HostEntry, Inventory, load_inventory, load_settings
-from .logger import close_logging, get_logger, setup_logging
+from .logger import close_logging, get_logger, redact_data, setup_logging
 from .plan import unsafe_for_delete
 from .progress import escape, for_console
 from .report import (final_line, host_line, item_lines, merge_reports, summary_lines, table_width,
@@ -50,6 +50,12 @@ class _ConsoleFormatter(logging.Formatter):
             message = message.removeprefix(f"{host}: ")
             return f"{record.levelname.lower()}: {escape(host)}: {escape(message)}"
         return f"{record.levelname.lower()}: {escape(message)}"
+
+
+def print_input_error(exc: InputError) -> None:
+    """One ``error:`` line per problem (an InputError may list several)."""
+    for line in str(exc).splitlines() or [""]:
+        print(f"error: {escape(line)}", file=sys.stderr)
 
 
 class _Signals:
@@ -167,7 +173,7 @@ def run_sync(config: str | None = None, *, only=None, hosts: list[str] | None = 
             if (delete or (delete is None and inventory.settings.delete)) and not force:
                 _check_shallow_dests(inventory, {h.name for h in selected})
         except InputError as exc:
-            print(f"error: {escape(str(exc))}", file=sys.stderr)
+            print_input_error(exc)
             close_logging()
             return K.EXIT_BAD_INPUT
         if quiet:
@@ -197,7 +203,7 @@ def run_sync(config: str | None = None, *, only=None, hosts: list[str] | None = 
             progress.close()
         if stop.signum:
             group.interrupted = stop.signum
-        report = group.to_dict(time.monotonic() - started, inventory.warnings)
+        report = redact_data(group.to_dict(time.monotonic() - started, inventory.warnings))
         status = group.exit_code
         if json_path:
             try:
@@ -229,7 +235,7 @@ def run_validate(config: str | None = None, out=None) -> int:
     try:
         inventory = _load(config)
     except InputError as exc:
-        print(f"error: {escape(str(exc))}", file=sys.stderr)
+        print_input_error(exc)
         close_logging()
         return K.EXIT_BAD_INPUT
     count = sum(len(m) for m in inventory.mappings.values())
@@ -247,7 +253,7 @@ def run_check(config: str | None = None, only=None, out=None, lightweight: bool 
         inventory = _load(config)
         selected = hosts_from_specs(inventory.hosts, hosts) if hosts else select_hosts(inventory.hosts, only)
     except InputError as exc:
-        print(f"error: {escape(str(exc))}", file=sys.stderr)
+        print_input_error(exc)
         close_logging()
         return K.EXIT_BAD_INPUT
     status = check_hosts(inventory, hosts=selected, lightweight=lightweight)
@@ -265,7 +271,7 @@ def run_report_merge(paths: list[str], json_path: str | None = None, quiet: bool
     try:
         merged, status = merge_reports(paths)
     except InputError as exc:
-        print(f"error: {escape(str(exc))}", file=sys.stderr)
+        print_input_error(exc)
         return K.EXIT_BAD_INPUT
     if json_path:
         write_report(json_path, merged)

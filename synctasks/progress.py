@@ -20,30 +20,17 @@ import sys
 import threading
 import time
 
-from .logger import redact
+from .logger import clean
 from .results import HostResult
 
 
 def escape(text: str) -> str:
-    """``text`` as one safe line: control characters (terminal escapes,
-    newlines, bidi overrides) and undecodable bytes (surrogate escapes) are
-    shown as ``\\xNN`` / ``\\uNNNN``, never sent to the terminal raw; a
-    registered secret (a remote error may echo one) is masked, as in the logs."""
-    text = redact(text)
-    if text.isprintable():
-        return text
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif ch.isprintable():
-            out.append(ch)
-        elif code < 0x100:
-            out.append(f"\\x{code:02x}")
-        else:
-            out.append(f"\\u{code:04x}")
-    return "".join(out)
+    """``text`` as one safe line, exactly as the logs show it
+    (:func:`synctasks.logger.clean`): a registered secret (a remote error may
+    echo one) masked, control characters (terminal escapes, newlines, bidi
+    overrides) as Python escapes, undecodable bytes as ``\\xNN``; never sent
+    to the terminal raw."""
+    return clean(text)
 
 
 def human_bytes(count: float) -> str:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from . import constants as K
-from .connection import apply_host_key_policy, build_connection, open_connection
+from .connection import build_connection, open_connection, verify_host_key
 from .errors import GroupSyncFailed, InputError, Interrupted, SyncFailed, SyncTasksError
 from .inputs import HostEntry, Inventory, Mapping, Settings, load_inventory, resolve_mapping
 from .logger import add_secret, get_logger, redact
@@ -106,11 +106,13 @@ def _short(exc: BaseException, host: str) -> str:
 
 
 def _open_caller_connection(c, settings: Settings | None, label: str) -> None:
+    # Open or not, whoever opened it: the same host-key policy (c's own when
+    # no settings are given, else strict against ~/.ssh/known_hosts).
+    if settings is None:
+        verify_host_key(c, label=label)
+    else:
+        verify_host_key(c, settings.host_key_policy, settings.known_hosts, label=label)
     if not c.is_connected:
-        if settings is None:
-            apply_host_key_policy(c, "strict", None, label)
-        else:
-            apply_host_key_policy(c, settings.host_key_policy, settings.known_hosts, label)
         open_connection(c, label, settings.retries if settings else 0)
 
 

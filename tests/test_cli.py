@@ -172,7 +172,7 @@ def test_remote_text_is_escaped(project, server, remote, capsys):
 
 def test_escape_shows_control_and_undecodable_bytes():
     assert escape("plain/path ü") == "plain/path ü"
-    assert escape("a\nb\x1b[31m\x7f") == "a\\x0ab\\x1b[31m\\x7f"
+    assert escape("a\nb\x1b[31m\x7f") == "a\\nb\\x1b[31m\\x7f"
     assert escape(b"bad\xff".decode("utf-8", "surrogateescape")) == "bad\\xff"
     assert escape("rtl\u202eexe") == "rtl\\u202eexe"
 
