@@ -192,3 +192,26 @@ def test_user_fabfile_uses_config_next_to_it_and_verbose_flags(project, server, 
     quiet = fab("plan", "--quiet", cwd=below)
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stdout.strip().splitlines() == ["dry run: all 1 host(s) in sync, nothing would change"]
+
+
+def test_inventory_group_then_run_where_changed(project, server, remote):
+    """The README's inventory example: a Group from the inventory, synced, then
+    a command only on the members that changed."""
+    from synctasks import load_inventory
+
+    project.file("site/index.html", "v1")
+    project.add_host(server, MAIN_HOSTS[0], [{"src": "site", "dest": f"{remote}/unused"}])
+    project.write()
+    inventory = load_inventory(project.config_path)
+    web = inventory.group(only=MAIN_HOSTS[0])
+    mappings = [{"src": str(project.root / "site"), "dest": f"{remote}/app/site"}]
+    try:
+        for round in (1, 2):
+            results = sync_host(web, mappings, settings=inventory.settings)
+            for cxn, result in results.items():
+                if result.changed:
+                    cxn.run(f"echo {round} >> {remote}/app/restarts", hide=True, in_stream=False)
+    finally:
+        web.close()
+    assert list(results) == list(web)
+    assert (remote / "app/restarts").read_text() == "1\n"  # the unchanged second round restarted nothing
