@@ -298,7 +298,8 @@ def _unsendable(name: str) -> str | None:
 
 
 def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compare: str, delete: bool,
-                 warn, token: str = "0", trusted: frozenset = frozenset()) -> MappingPlan:
+                 warn, token: str = "0", trusted: frozenset = frozenset(), remote_links: str = "refuse"
+                 ) -> MappingPlan:
     dest = mapping.dest
     result = MappingResult(src=str(mapping.src), dest=dest)
     plan = MappingPlan(mapping=mapping, result=result)
@@ -323,7 +324,8 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
     mirrored: set[str] = set()
     #: new remote folder -> (where it is built, the existing folder holding it)
     building: dict[str, tuple[str, str]] = {}
-    blocked: list[str] = []
+    #: folder -> (action, reason) for everything below it
+    blocked: dict[str, tuple[str, str]] = {}
 
     placed: dict[str, tuple[str, str]] = {}
 
@@ -344,18 +346,39 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
         if entry.kind == "x":
             mirrored.discard(path)
             continue
-        if blocked and any(path.startswith(b + "/") for b in blocked):
-            files.append(FileResult(path, "fail", "inside a folder whose name cannot be sent"))
-            continue
+        if blocked:
+            under = next((b for b in blocked if path.startswith(b + "/")), None)
+            if under is not None:
+                action, why = blocked[under]
+                files.append(FileResult(path, action, why))
+                continue
         problem = _unsendable(name) if entry.rel or entry.kind != "d" else None
         if problem:
             files.append(FileResult(path + ("/" if entry.kind == "d" else ""), "fail", problem))
             if entry.kind == "d":
-                blocked.append(path)
+                blocked[path] = ("fail", "inside a folder whose name cannot be sent")
             continue
+        there = remote.get(path)
+        if there is not None and entry.kind in "df" and (there.kind == "l" or (not entry.rel and
+                                                                               dest in listing.dest_links)):
+            # A link on the host where src has a file or folder.
+            link = listing.dest_links.get(dest, "") if there.kind != "l" else there.link
+            shown = path + ("/" if entry.kind == "d" else "")
+            if remote_links == "refuse":
+                why = (f"the host has a symlink here (to {link}): set remote_links = replace to replace it, "
+                       "or skip to leave it")
+                files.append(FileResult(shown, "fail", why))
+                blocked[path] = ("fail", f"below {path}, a symlink on the host (remote_links = refuse)")
+                continue
+            if remote_links == "skip":
+                files.append(FileResult(shown, "skip", f"a symlink on the host (to {link}), kept"))
+                blocked[path] = ("skip", f"below {path}, a symlink on the host, kept")
+                continue
+            warn(f"{path}: replacing the host's symlink (to {link}) with a {'folder' if entry.kind == 'd' else 'file'}")
+            if there.kind != "l":  # the followed dest of a file mapping: make the compare see a link
+                there = RemoteEntry("l", 0o777, 0, 0, link)
         if entry.kind == "d":
             mirrored.add(path)
-        there = remote.get(path)
         if there is not None and _owner_differs(mapping, there):
             plan.chowns.append(path)
         if entry.kind == "d":
@@ -534,8 +557,8 @@ def _compare_file(entry: LocalEntry, there: RemoteEntry | None, compare: str, mo
 
 
 def plan_host(token: str, mappings: list[Mapping], listing: Listing, trees: LocalTrees, *, compare: str,
-              delete: bool, warn, trusted: frozenset = frozenset()) -> HostPlan:
+              delete: bool, warn, trusted: frozenset = frozenset(), remote_links: str = "refuse") -> HostPlan:
     plans = [plan_mapping(m, listing, trees, compare=compare, delete=delete, warn=warn, token=token,
-                          trusted=trusted)
+                          trusted=trusted, remote_links=remote_links)
              for m in mappings]
     return HostPlan(token=token, mappings=plans, stale=list(listing.stale))
