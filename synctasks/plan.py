@@ -25,7 +25,7 @@ NEW_LINK = "cL+++++++++"
 DELETING = "*deleting  "
 NAME_MAX = 255
 BLOB_MAX = 64 * 1024  #: files up to this size are read once per run, whatever the number of hosts
-BLOB_BUDGET = 64 * 1024 * 1024  #: at most this much of them is kept
+BLOB_BUDGET = 32 * 1024 * 1024  #: at most this much of them is kept
 
 
 @dataclass(slots=True)
@@ -230,6 +230,15 @@ class LocalTrees:
         #: (one read per run, and every host gets the same bytes)
         self.blobs: dict[str, bytes] = {}
         self.blob_room = BLOB_BUDGET
+        #: SHA-256 of local files, hashed once per run whatever the number of hosts
+        self._sums: dict[tuple, str] = {}
+
+    def sha256(self, entry: "LocalEntry") -> str:
+        key = (entry.path, entry.size, entry.mtime_ns)
+        found = self._sums.get(key)
+        if found is None:
+            found = self._sums[key] = sha256_file(entry.path)
+        return found
 
     def remember(self, path: str, data: bytes) -> None:
         with self._lock:
@@ -421,7 +430,7 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
                 plan.links.append(Send(entry, record, *place(folder)))
             continue
         mode = mapping.mode if mapping.mode is not None else entry.mode
-        reason, flags = _compare_file(entry, there, compare, mode)
+        reason, flags = _compare_file(entry, there, compare, mode, trees)
         if mapping.sudo and (reason in ("mtime-only", "mode") or (reason == "unchanged" and plan.chowns
                                                                    and plan.chowns[-1] == path)):
             # As root, never chmod/touch/chown a path in place (a link could
@@ -524,7 +533,8 @@ def chown_spec(mapping: Mapping) -> str | None:
     return (mapping.owner or "") + (":" + mapping.group if mapping.group else "")
 
 
-def _compare_file(entry: LocalEntry, there: RemoteEntry | None, compare: str, mode: int) -> tuple[str, str]:
+def _compare_file(entry: LocalEntry, there: RemoteEntry | None, compare: str, mode: int,
+                  trees: "LocalTrees | None" = None) -> tuple[str, str]:
     """(reason, itemize flags) for one local file against its remote twin."""
     if there is None:
         return "new", NEW_FILE
@@ -535,7 +545,7 @@ def _compare_file(entry: LocalEntry, there: RemoteEntry | None, compare: str, mo
     mode_differs = there.mode != mode
     if compare == "checksum":
         try:
-            content_differs = size_differs or there.sha256 != sha256_file(entry.path)
+            content_differs = size_differs or there.sha256 != (trees.sha256(entry) if trees else sha256_file(entry.path))
         except OSError:
             content_differs = True  # unreadable now: sending it will say why
     else:
