@@ -152,3 +152,11 @@ def check(c, config=None, only=None):
     hosts, first = _hosts(c, "check")
     if first:
         _finish(cli.run_check(_config(c, config), only, hosts=hosts))
+
+
+@_task()
+def version(c):
+    """Print synctasks' version (fab --version prints Fabric's)."""
+    from . import __version__
+
+    print(f"synctasks {__version__}")

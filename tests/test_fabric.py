@@ -215,3 +215,10 @@ def test_inventory_group_then_run_where_changed(project, server, remote):
         web.close()
     assert list(results) == list(web)
     assert (remote / "app/restarts").read_text() == "1\n"  # the unchanged second round restarted nothing
+
+
+def test_fab_version_task():
+    from synctasks import __version__
+
+    done = fab("version")
+    assert done.returncode == 0 and done.stdout.strip() == f"synctasks {__version__}"
