@@ -206,6 +206,10 @@ def test_shards_then_report_merge(project, server, remote, capsys, tmp_path):
     out = capsys.readouterr().out
     assert all(a in out for a in MAIN_HOSTS) and out.count("HOST ") == 1
     assert "2 report(s): done: 3 host(s) in sync" in out
+    merged = tmp_path / "merged.json"
+    assert cli.main(["report", "merge", "-q", "--json", str(merged), *map(str, reports)]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 1
+    assert sorted(h["host"] for h in json.loads(merged.read_text())["hosts"]) == sorted(MAIN_HOSTS)
     # The worst status wins: a failed shard makes the merge fail, an interrupted one more so.
     failed = json.loads(reports[1].read_text())
     failed.update(ok=False, exit_code=1)
