@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from synctasks import cli
-from synctasks.testserver import TestServer, loopback_addresses, make_client_key
+from testing.testserver import TestServer, loopback_addresses, make_client_key
 
 MAIN_HOSTS = loopback_addresses(3)  # 127.0.0.2-4
 SCP_ONLY_HOST = "127.0.0.5"
