@@ -348,6 +348,7 @@ class TestServer:
         if self.chroot is None:
             CHROOT_BASE.mkdir(parents=True, exist_ok=True)
             os.chmod(CHROOT_BASE, 0o755)
+            _remove_orphan_chroots()
             self.chroot = CHROOT_BASE / f"{os.getpid()}-{secrets.token_hex(4)}"
         self.chroot.mkdir(mode=0o755, exist_ok=True)
         os.chmod(self.chroot, 0o755)
@@ -395,6 +396,9 @@ class TestServer:
         the BusyBox host's own, then runs the client's command with ash."""
         script = self.workdir / "busybox-command"
         script.write_text(f"""#!{BUSYBOX_ASH}
+# shellcheck shell=dash
+# Dropbear's own PATH gives way to the BusyBox host's.
+# shellcheck disable=SC2123
 PATH={BUSYBOX_BIN}
 export PATH
 [ -n "$SSH_ORIGINAL_COMMAND" ] || exec ash -l
@@ -484,6 +488,21 @@ exec ash -c "$SSH_ORIGINAL_COMMAND"
             return RemoteDir(real, f"/{CHROOT_UPLOAD}/{name}")
         real = self.make_writable_dir(self.workdir / "remote" / name)
         return RemoteDir(real, str(real))
+
+
+def _remove_orphan_chroots() -> None:
+    """Chroots left by test sessions that died without cleaning up (each is
+    named after the process that made it)."""
+    for entry in CHROOT_BASE.iterdir():
+        pid = entry.name.split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, someone else's
 
 
 def _descendants(root: int) -> list[int]:

@@ -7,6 +7,8 @@ import base64
 import configparser
 import os
 import re
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -17,8 +19,8 @@ from setuptools import find_packages
 from testing.testserver import BUSYBOX_ASH, BUSYBOX_BIN, CHROOT_BASE, CHROOT_UPLOAD, SCP_ONLY_REFUSAL, TestServer
 
 ROOT = Path(__file__).resolve().parent.parent
-BUSYBOX = os.path.realpath("/bin/busybox")
-SCP = os.path.realpath("/usr/bin/scp")
+BUSYBOX = os.path.realpath(shutil.which("busybox") or "/bin/busybox")
+SCP = os.path.realpath(shutil.which("scp") or "/usr/bin/scp")
 
 
 def connect(srv: TestServer, address: str) -> paramiko.SSHClient:
@@ -192,6 +194,13 @@ def test_scp_only_account_refuses_shell_accepts_scp(scp_only_account_server):
     on_disk = remote.real / "via-scp.txt"
     assert on_disk.read_bytes() == b"over scp\n"
     assert on_disk.stat().st_mode & 0o777 == 0o640
+
+
+def test_fixture_scripts_pass_shellcheck(dropbear_busybox_server, scp_only_account_server):
+    scripts = [dropbear_busybox_server.workdir / "busybox-command", scp_only_account_server.workdir / "scp-only"]
+    assert all(script.exists() for script in scripts)
+    done = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_testing_package_is_not_installed():
