@@ -5,7 +5,8 @@ through the console script like a user would.
 GNU OpenSSH is the control; then OpenSSH without an SFTP subsystem, Dropbear
 on a GNU userland, BusyBox over OpenSSH and over Dropbear, and the SFTP-only
 accounts (internal-sftp, chrooted, sftp-server). The scp-only account cannot
-be synced to and must say so in one line.
+be synced to and must say so in one line; what an SFTP-only account cannot
+do (--checksum, sudo, protocol = scp) is refused up front in one line.
 """
 
 from __future__ import annotations
@@ -312,3 +313,43 @@ def test_sudo_on_sftp_only_is_refused_up_front(hosttype_project, host_case, serv
     assert refusal_of(host, "sudo"), host
     assert host["sent"] == 0 and list(case.remote.real.iterdir()) == []
     assert open(neighbour).read() == "a"
+
+
+@pytest.mark.parametrize("protocol, backend", [("sftp", "sftp"), ("scp", "shell")])
+@sync_types("gnu")
+def test_protocol_setting_forces_the_backend(hosttype_project, host_case, protocol, backend, capsys):
+    project, case = hosttype_project, host_case
+    src = make_tree(project)
+    add_site(project, case)
+    project.config["sync"]["protocol"] = protocol
+    status, out, err, report = sync(project, capsys)
+    assert status == 0, out + err
+    assert host_report(report, case.address).get("backend") == backend
+    assert synced_state(case.remote.real / "site") == synced_state(src)
+
+
+@sync_types("sftp-server")
+def test_sftp_server_account_is_not_retried_as_a_network_fault(hosttype_project, host_case, capsys):
+    project, case = hosttype_project, host_case
+    project.config["sync"]["retries"] = "3"
+    project.file("site/a.txt", "a")
+    add_site(project, case)
+    status, out, err, report = sync(project, capsys)
+    assert status == 0, out + err
+    assert "retry" not in err and "stalled" not in out + err
+    assert (case.remote.real / "site" / "a.txt").read_text() == "a"
+
+
+@pytest.mark.parametrize("host_case, protocol", [("sftp-only", "scp"), ("sftp-server", "scp"),
+                                                 ("gnu-scp-only-server", "sftp")], indirect=["host_case"])
+def test_forced_protocol_the_account_lacks_fails_in_one_line(hosttype_project, host_case, protocol, capsys):
+    project, case = hosttype_project, host_case
+    project.file("site/a.txt", "a")
+    add_site(project, case)
+    project.config["sync"]["protocol"] = protocol
+    status, out, err, report = sync(project, capsys)
+    assert status == 1, out + err
+    error = host_report(report, case.address)["error"] or ""
+    assert error and "\n" not in error and "protocol" in error, error
+    assert "stalled" not in error and "remote command stopped" not in error, error
+    assert list(case.remote.real.iterdir()) == []
