@@ -200,14 +200,14 @@ def test_dry_run_changes_nothing(hosttype_project, host_case, capsys):
 @sync_types(*ALL_SYNC_TYPES)
 def test_cut_mid_file_keeps_old_content_then_converges(hosttype_project, host_case, capsys):
     project, case = hosttype_project, host_case
-    big = project.file("data/big.bin", os.urandom(4 << 20))
+    big = project.file("data/big.bin", os.urandom(2 << 20))
     target = case.remote.real / "big.bin"
     target.write_bytes(b"OLD CONTENT")
     give(case.server, target)
     with TcpProxy((case.address, case.server.port), listen=(case.address, 0)) as proxy:
         project.add_host(case.server, case.address, [{"src": "data/big.bin", "dest": case.remote.at("big.bin")}],
                          port=proxy.port)
-        proxy.cut_after = 1 << 20
+        proxy.cut_after = 512 << 10
         status, out, err, _ = sync(project, capsys)
         assert status == 1 and proxy.cuts == 1, out + err
         assert target.read_bytes() == b"OLD CONTENT"
