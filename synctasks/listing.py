@@ -46,6 +46,8 @@ class Listing:
     unlisted: list[str] = field(default_factory=list)
     #: the login user as the host names it
     user: str = ""
+    #: the host has perl (a whole commit renamed by one process)
+    perl: bool = False
     #: dest -> the folder where its work lands, when the listing user cannot write it
     unwritable: dict[str, str] = field(default_factory=dict)
 
@@ -111,6 +113,8 @@ def parse_listing(data: bytes) -> Listing:
                     listing.stale.append(path)
                 else:
                     listing.active.setdefault(dest, []).append(path)
+        elif tag == b"P":
+            listing.perl = record[1:] == b"perl"
         elif tag == b"U":
             listing.user = _text(record[1:])
         elif tag == b"W":

@@ -108,7 +108,7 @@ def sync_shell(target: Target, mappings: list[Mapping], options: SyncOptions,
     if options.dry_run or not plan.has_work:
         shell.finish_without_changes(stream, listing.token)
         return results
-    shell.apply(target, stream, plan, mappings, options, trees)
+    shell.apply(target, stream, plan, mappings, options, trees, perl=listing.perl)
     return results
 
 
