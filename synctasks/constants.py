@@ -22,6 +22,7 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "owner": "",
         "group": "",
         "mode": "",
+        "allow_orphan_mapper_files": "false",
     },
     "logging": {
         "info_log": "logs/info.log",

@@ -58,6 +58,8 @@ def _text(raw: bytes) -> str:
 
 def _seconds(raw: bytes) -> int:
     """Whole seconds, rounded down (pre-1970 times too: -1.5 is -2)."""
+    if raw[:1] != b"-":
+        return int(raw.partition(b".")[0])
     whole, _, fraction = raw.partition(b".")
     seconds = int(whole)
     if whole.startswith(b"-") and fraction.strip(b"0"):
@@ -87,6 +89,7 @@ def parse_listing(data: bytes) -> Listing:
     records = data.split(b"\0")
     current: dict[str, RemoteEntry] | None = None
     dest = ""
+    names: dict[tuple, tuple] = {}
     i = 0
     while i < len(records):
         record = records[i]
@@ -124,12 +127,18 @@ def parse_listing(data: bytes) -> Listing:
             listing.unlisted.append(_text(record[1:]))
         elif tag == b"E":
             # Group names may hold spaces ("domain users"): own records.
-            link, owner, group = (_text(r) for r in (records[i:i + 3] + [b"", b"", b""])[:3])
+            # Owners, groups and modes repeat: decoded once each.
+            link, owner, group = records[i:i + 3] if i + 3 <= len(records) else (records[i:] + [b"", b"", b""])[:3]
             i += 3
             kind, mode, size, mtime, uid, gid, path = record[1:].split(b" ", 6)
-            current[_text(path)] = RemoteEntry(kind=kind.decode(), mode=int(mode, 8), size=int(size),
-                                               mtime=_seconds(mtime), link=link, owner=owner, group=group,
-                                               uid=uid.decode(), gid=gid.decode())
+            key = (kind, mode, owner, group, uid, gid)
+            shared = names.get(key)
+            if shared is None:
+                shared = names[key] = (kind.decode(), int(mode, 8), _text(owner), _text(group), uid.decode(),
+                                       gid.decode())
+            current[_text(path)] = RemoteEntry(shared[0], shared[1], int(size), _seconds(mtime),
+                                               _text(link) if link else "", None, shared[2], shared[3],
+                                               shared[4], shared[5])
         elif tag in (b"F", b"G"):
             mode, size, mtime, owner, group, uid, gid, path = record[1:].split(b"/", 7)
             raw = int(mode, 16 if tag == b"F" else 8)

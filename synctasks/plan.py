@@ -194,7 +194,10 @@ def walk(mapping: Mapping, exclude: Excluder, symlinks: str, warn) -> list[Local
                 if exclude(rel, True):
                     continue
                 entries.append(_local(child.path, rel, child_info, "d"))
-                subfolders.append((child.path, rel + "/", above | {os.path.realpath(child.path)}))
+                # Loops can only come through followed links: only then is
+                # each folder's real path worth its cost.
+                chain = above | {os.path.realpath(child.path)} if symlinks == "follow" else above
+                subfolders.append((child.path, rel + "/", chain))
             elif exclude(rel, False):
                 continue
             elif stat.S_ISREG(mode):
@@ -332,10 +335,12 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
             found = placed[folder] = building.get(folder) or (posixpath.join(folder, staging), folder)
         return found
 
+    prefix = dest if dest.endswith("/") else dest + "/"
     for entry in local:
-        path = posixpath.join(dest, entry.rel) if entry.rel else dest
+        path = prefix + entry.rel if entry.rel else dest
         wanted.add(path)
-        folder, name = posixpath.split(path)
+        folder, _, name = path.rpartition("/")
+        folder = folder or "/"
         if entry.kind == "x":
             mirrored.discard(path)
             continue
