@@ -118,6 +118,7 @@ class Settings:
     delete: bool
     exclude: tuple[str, ...]
     symlinks: str
+    remote_links: str
     sudo: bool
     owner: str | None
     group: str | None
@@ -380,6 +381,7 @@ def load_settings(
         delete=value(_bool, s, "delete"),
         exclude=_patterns(raw[s]["exclude"]),
         symlinks=value(_choice, s, "symlinks", K.SYMLINK_MODES),
+        remote_links=value(_choice, s, "remote_links", K.REMOTE_LINK_MODES),
         ssh_config=value(local_path, s, "ssh_config") if raw[s]["ssh_config"].strip() else None,
         sudo=value(_bool, s, "sudo"),
         owner=value(_account, s, "owner"),

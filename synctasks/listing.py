@@ -46,6 +46,8 @@ class Listing:
     unlisted: list[str] = field(default_factory=list)
     #: the login user as the host names it
     user: str = ""
+    #: dest -> its link target, for dests that are symlinks (listed through them)
+    dest_links: dict[str, str] = field(default_factory=dict)
     #: the host has perl (a whole commit renamed by one process)
     perl: bool = False
     #: dest -> the folder where its work lands, when the listing user cannot write it
@@ -118,6 +120,8 @@ def parse_listing(data: bytes) -> Listing:
                     listing.active.setdefault(dest, []).append(path)
         elif tag == b"P":
             listing.perl = record[1:] == b"perl"
+        elif tag == b"Y":
+            listing.dest_links[dest] = _text(record[1:])
         elif tag == b"U":
             listing.user = _text(record[1:])
         elif tag == b"W":

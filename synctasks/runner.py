@@ -42,7 +42,7 @@ def options_from(settings: Settings | None, **flags: Any) -> SyncOptions:
     base = SyncOptions()
     if settings is not None:
         base = SyncOptions(compare=settings.compare, delete=settings.delete, protocol=settings.protocol,
-                           symlinks=settings.symlinks, exclude=settings.exclude, io_timeout=settings.io_timeout)
+                           symlinks=settings.symlinks, remote_links=settings.remote_links, exclude=settings.exclude, io_timeout=settings.io_timeout)
     delete = flags.get("delete")
     return replace(
         base,

@@ -121,6 +121,8 @@ if [ "$mode" != ops ]; then
     while [ -n "$w" ] && [ ! -d "$w" ]; do w=${w%/*}; done
     if [ -w "${w:-/}" ]; then printf 'W1\0'; else printf 'W0%s\0' "${w:-/}"; fi
     if [ -e "$d" ] || [ -h "$d" ]; then
+      # A file dest that is a link is listed through it: say so.
+      if [ "$k" = f ] && [ -h "$d" ]; then printf 'Y%s\0' "$(readlink "$d")"; fi
       if [ $lm = gnu ]; then
         find -H "$d" $depth -name "$PAT" -prune -exec sh -c "$STALE" sh {} + \
           -o -printf 'E%y %m %s %T@ %U %G %p\0%l\0%u\0%g\0'
