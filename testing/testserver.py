@@ -231,6 +231,8 @@ class TestServer:
     process: subprocess.Popen | None = None
     #: sftp-chroot: the ChrootDirectory on this machine's disk.
     chroot: Path | None = None
+    #: More sshd_config lines (OpenSSH), e.g. a SetEnv PATH for a fault.
+    extra_config: list[str] = field(default_factory=list)
 
     @property
     def runs_commands(self) -> bool:
@@ -307,6 +309,7 @@ class TestServer:
         ]
         if self.sftp:
             lines.append("Subsystem sftp internal-sftp")
+        lines += self.extra_config
         lines += self._restrictions()
         config = self.workdir / "sshd_config"
         config.write_text("\n".join(lines) + "\n")
