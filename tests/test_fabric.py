@@ -16,7 +16,7 @@ from fabric import Connection, SerialGroup, ThreadingGroup
 
 from synctasks import GroupResult, GroupSyncFailed, HostKeyError, SyncFailed, SyncTasksError, sync_host
 from synctasks.connection import apply_host_key_policy
-from synctasks.testproxy import TcpProxy
+from testing.testproxy import TcpProxy
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent

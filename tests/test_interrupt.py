@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import MAIN_HOSTS
 
-from synctasks.testproxy import TcpProxy
+from testing.testproxy import TcpProxy
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
