@@ -415,7 +415,7 @@ def _sync_entry(host: HostEntry, mappings: list[Mapping], settings: Settings, op
                 continue
             result = _failed(host.name, exc, options)
             if result.state == STOPPED:
-                log.warning("stopped: %s", message)
+                log.warning("%s", message if message.startswith("stopped") else f"stopped: {message}")
             else:
                 log.error("%s", message)
             break
