@@ -133,8 +133,9 @@ def sync_host(c, mappings: Iterable[Mapping | dict], *, settings: Settings | Non
     raised unless ``warn=True``. Reaching a single host (host key, login,
     network) raises the typed error (:class:`HostKeyError`, ...) either way.
 
-    An unopened ``c`` is opened with the host-key policy of ``settings``
-    (strict against ~/.ssh/known_hosts when no settings are given). Relative
+    Open or not, ``c``'s host key is checked first (``verify_host_key``):
+    under the policy of ``settings``, else the one ``c`` was given (an
+    inventory's Connection), else strict against ~/.ssh/known_hosts. Relative
     ``src`` paths resolve against ``base_dir`` (default: the current folder).
     Mappings with ``"sudo": true`` go through ``sudo -S`` with
     ``sudo_password`` (default: the connection's password). Setting
