@@ -52,6 +52,17 @@ class _ConsoleFormatter(logging.Formatter):
         return f"{record.levelname.lower()}: {escape(message)}"
 
 
+def printable(text: str) -> str:
+    """One line, whatever the text holds (see :func:`synctasks.progress.escape`)."""
+    return escape(text)
+
+
+def _print_items(result: HostResult, verbose: int, out) -> None:
+    """Itemized lines of ``result`` to ``out`` (changes; skips too at 2)."""
+    for line in item_lines(result, max(int(verbose or 0), 1)):
+        print(line, file=out)
+
+
 def print_input_error(exc: InputError) -> None:
     """One ``error:`` line per problem (an InputError may list several)."""
     for line in str(exc).splitlines() or [""]:

@@ -63,9 +63,15 @@ def _task(**kwargs):
     return task(klass=_Task, auto_shortflags=False, **kwargs)
 
 
-def _config(c, config: str | None) -> str | None:
+_UNSET = object()
+
+
+def _config(c, config=_UNSET) -> str | None:
     """--config, else $SYNCTASKS_CONFIG, else config.ini next to the fabfile
-    (the user's own fabfile too), else ./config.ini."""
+    (the user's own fabfile too), else ./config.ini. ``_config(config)``
+    alone (no context) skips the fabfile's folder."""
+    if config is _UNSET:
+        c, config = None, c
     if config or os.environ.get("SYNCTASKS_CONFIG"):
         return config or os.environ["SYNCTASKS_CONFIG"]
     prefix = getattr(getattr(c, "config", None), "_project_prefix", None)
@@ -112,6 +118,13 @@ def _hosts(c, name: str) -> tuple[list[str] | None, bool]:
         return specs, False
     _RUNS[key] = True
     return specs, True
+
+
+def _only(c, only: str | None) -> str | None:
+    """``--only``, or under ``fab -H`` the host of this call's Connection."""
+    if isinstance(c, Connection) and not only:
+        return c.original_host
+    return only
 
 
 def _finish(status: int) -> None:
