@@ -174,6 +174,25 @@ class Bench:
             subprocess.run(["chown", "-R", f"{self.server.user}:", str(dest)], check=True)
 
     @staticmethod
+    def verify(src: Path, *dests: Path, meta: bool = True) -> None:
+        """Every dest holds exactly src (contents; with ``meta`` also file modes and
+        whole-second mtimes), or the run stops: a fast wrong run must not pass."""
+        for dest in dests:
+            done = subprocess.run(["diff", "-rq", "--no-dereference", str(src), str(dest)], capture_output=True,
+                                  text=True)
+            if done.returncode:
+                raise SystemExit(f"{dest} differs from {src}:\n{(done.stdout + done.stderr)[:2000]}")
+            if not meta:
+                continue
+            mine = {(p.relative_to(src), p.stat().st_mode, int(p.stat().st_mtime)) for p in src.rglob("*")}
+            theirs = {(p.relative_to(dest), p.stat().st_mode, int(p.stat().st_mtime)) for p in dest.rglob("*")
+                      if p.is_file()}
+            missing = {m for m in mine if (src / m[0]).is_file()} - theirs
+            if missing:
+                raise SystemExit(f"{dest}: {len(missing)} files without the mode or mtime of src, e.g. "
+                                 f"{sorted(missing)[:3]}")
+
+    @staticmethod
     def clear(*paths: Path) -> None:
         for path in paths:
             if path.is_dir() and not path.is_symlink():
@@ -285,6 +304,7 @@ def case_small(b: Bench) -> None:
     src = b.tree("small", s["small"], s["small_folders"], 4096)
     tools, ref = first_sync_tools(b, src, HOSTS[0], "small")
     alternate(tools + [ref], b.rounds)
+    b.verify(src, *b.remote.joinpath(HOSTS[0]).glob("small-*"))
     b.report(f"{s['small']:,} x 4 KiB, first sync, 1 host", tools, ref, "rsync -a", 1.0)
     for tool in tools:
         b.one_host[tool.name] = statistics.median(tool.times)
@@ -369,6 +389,7 @@ def case_changes(b: Bench) -> None:
     ref = Tool("rsync -a", lambda: b.rsync(src, host, ref_dest))
     # Each round changes the source once; every tool then carries the same change.
     alternate(tools + [ref], b.rounds, change)
+    b.verify(src, ref_dest, *dests.values())
     b.report(f"{folders:,} existing folders x {per} files, one changed in each", tools, ref, "rsync -a", 1.0)
     b.clear(ref_dest, *dests.values())
 
@@ -408,6 +429,7 @@ def case_tree_first(b: Bench) -> None:
     host = HOSTS[5]
     tools, ref = first_sync_tools(b, src, host, "tree-first")
     alternate(tools + [ref], b.rounds)
+    b.verify(src, *b.remote.joinpath(host).glob("tree-first-*"))
     b.report(f"{tree_label(b)}, first sync, 1 host", tools, ref, "rsync -a", 1.0)
     # Keep one synced copy each for the no-op cases.
     b.clear(b.remote / host / "tree-ours", b.remote / host / "tree-rsync")
@@ -491,6 +513,8 @@ def case_hosts16(b: Bench) -> None:
     ref_pssh = Tool("parallel-scp -r", pssh_check, empty(pscp_base))
     ref_xargs = Tool("xargs -P 16 rsync", run_xargs, empty(xargs_base))
     alternate(tools + [ref_pssh, ref_xargs], b.rounds)
+    b.verify(src, *dests.values(), *xargs_base.iterdir())
+    b.verify(src, *pscp_base.iterdir(), meta=False)  # pssh's scp runs without -p: new mtimes
     label = f"{s['many_files']:,} x {s['many_size'] // 1024} KiB, first sync, 16 hosts"
     b.report(label, tools, ref_pssh, "parallel-scp -r", 0.5)
     b.report(label, tools, ref_xargs, "xargs -P16 rsync", 1.0)
@@ -504,6 +528,7 @@ def rss_case(b: Bench, files: int, size: int, folders: int, name: str, target_mi
         dests = {h: b.dest(h, f"rss-{name}") for h in hosts}
         b.clear(*dests.values())
         seconds, rss_kib = b.synctasks(entry, {h: [{"src": str(src), "dest": str(d)}] for h, d in dests.items()})
+        b.verify(src, dests[hosts[-1]])
         rss = rss_kib / 1024
         label = {"fab": "fab sync", "cli": "synctasks sync"}[entry]
         judged = target_mib if entry == "fab" or "fab" not in b.entries else None
