@@ -201,10 +201,8 @@ class Bench:
                 path.unlink()
 
     # -- synctasks -------------------------------------------------------
-    def synctasks(self, entry: str, mappings: dict[str, list[dict]], address_port: dict[str, int] | None = None,
-                  flags: tuple[str, ...] = ()) -> tuple[float, int]:
-        """Run the whole `fab sync` (entry "fab") or `synctasks sync` ("cli")
-        process; (seconds, peak RSS KiB)."""
+    def write_project(self, mappings: dict[str, list[dict]], address_port: dict[str, int] | None = None) -> Path:
+        """connection_info.json, hosts/*.json and config.ini for ``mappings``; the config's path."""
         entries = []
         for address in mappings:
             record = self.server.connection_entry(address)
@@ -215,19 +213,31 @@ class Bench:
             old.unlink()
         for address, maps in mappings.items():
             (self.project / "hosts" / f"{address}.json").write_text(json.dumps(maps))
-        (self.project / "config.ini").write_text(
+        config = self.project / "config.ini"
+        config.write_text(
             f"[sync]\nconnections = {max(4, len(mappings))}\nretries = 0\n[logging]\nlevel = INFO\n"
             f"[security]\nknown_hosts = {self.known_hosts}\n")
+        return config
+
+    @staticmethod
+    def argv(entry: str, config: Path, flags: tuple[str, ...] = ()) -> list[str]:
+        """`fab sync` (entry "fab", run in the folder of fabfile.py, as users
+        run it) or the console script `synctasks sync` ("cli")."""
         program = "fab" if entry == "fab" else "synctasks"
-        # `fab` runs in the folder of fabfile.py (the repository's), as users run it.
-        argv = [str(BIN / program), "sync", "--quiet", "--config", str(self.project / "config.ini"), *flags]
+        return [str(BIN / program), "sync", "--quiet", "--config", str(config), *flags]
+
+    def synctasks(self, entry: str, mappings: dict[str, list[dict]], address_port: dict[str, int] | None = None,
+                  flags: tuple[str, ...] = ()) -> tuple[float, int]:
+        """Run the whole synctasks process; (seconds, peak RSS KiB)."""
+        argv = self.argv(entry, self.write_project(mappings, address_port), flags)
         started = time.perf_counter()
         process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - started
         if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"{program} sync failed: {process.stderr.read().decode()}")
+            raise SystemExit(f"{argv[0]} sync failed: {process.stderr.read().decode()}")
         process.stderr.close()
+        self.last_usage = usage
         return seconds, usage.ru_maxrss
 
     def ours(self, mappings_of: Callable[[str], dict[str, list[dict]]], before: Callable[[str], None] | None = None,
