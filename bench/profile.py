@@ -117,7 +117,11 @@ def main() -> int:
 
 def server_cpu(server) -> float:
     """CPU seconds of every finished process below the sshd listener (its
-    sessions, their shells and the programs they ran): cutime + cstime."""
+    sessions, their shells and the programs they ran): cutime + cstime, read
+    once the listener has reaped every session (up to 10 s)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(bench._descendants(server.process.pid)) > 1:
+        time.sleep(0.05)
     fields = Path(f"/proc/{server.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
 
