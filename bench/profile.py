@@ -38,9 +38,9 @@ PY_SPY = bench.BIN / "py-spy"
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=("changes", "noop"))
+    parser.add_argument("scenario", choices=("changes", "noop", "first"))
     parser.add_argument("--folders", type=int, default=2000, help="changes: folders of 10 files (default 2,000)")
-    parser.add_argument("--files", type=int, default=50_000, help="noop: files of 1 KiB, 100 per folder")
+    parser.add_argument("--files", type=int, default=50_000, help="noop, first: files of 1 KiB, 100 per folder")
     parser.add_argument("--hosts", type=int, default=1)
     parser.add_argument("--entry", choices=("cli", "fab"), default="cli")
     parser.add_argument("--only", default="time,strace,pyspy", help="instruments, comma-separated")
@@ -73,7 +73,9 @@ def main() -> int:
             counter = [0]
 
             def prepare() -> None:
-                """A fresh change (changes); nothing (noop)."""
+                """A fresh change (changes); empty dests (first); nothing (noop)."""
+                if args.scenario == "first":
+                    b.clear(*dests.values(), *ref.values())
                 if args.scenario != "changes":
                     return
                 counter[0] += 1
@@ -148,14 +150,19 @@ def server_cpu(server) -> float:
 
 
 def raw_listing(b: bench.Bench, host: str, dest: Path) -> None:
-    """The floor for learning the remote state: one ssh, GNU find -printf, output discarded."""
-    fmt = r"%y %m %s %T@ %p\0%l\0%u\0%g\0"
-    argv = ["ssh", *b.ssh_options(b.server.port), f"{b.server.user}@{host}", f"find {dest} -printf '{fmt}'"]
-    started = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True)
-    seconds = time.perf_counter() - started
-    print(f"time: raw `ssh find -printf` listing {seconds:.3f}s ({len(done.stdout) / 1e6:.1f} MB); "
-          f"`ssh true` {b._timed([argv[:-1] + ['true']]):.3f}s", flush=True)
+    """The floor for learning the remote state: one ssh, GNU find -printf,
+    output discarded; with names (%u %g, as synctasks asks), numeric ids, or neither."""
+    formats = {"as synctasks (%u %g names)": r"%y %m %s %T@ %p\0%l\0%u\0%g\0",
+               "numeric ids (%U %G)": r"%y %m %s %T@ %p\0%l\0%U\0%G\0",
+               "relative, no owner (%P)": r"%y %m %s %T@ %P\0%l\0"}
+    base = ["ssh", *b.ssh_options(b.server.port), f"{b.server.user}@{host}"]
+    print(f"time: `ssh true` {b._timed([base + ['true']]):.3f}s", flush=True)
+    for label, fmt in formats.items():
+        started = time.perf_counter()
+        done = subprocess.run(base + [f"find {dest} -printf '{fmt}'"], capture_output=True)
+        seconds = time.perf_counter() - started
+        print(f"time: raw `ssh find -printf` listing, {label}: {seconds:.3f}s ({len(done.stdout) / 1e6:.1f} MB)",
+              flush=True)
 
 
 def count_remote(b: bench.Bench, server, run, folders: int) -> None:
