@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from .inputs import Mapping
-from .remote import Listing, RemoteEntry, staging_name
+from .listing import Listing, RemoteEntry, staging_name
 from .results import FileResult, MappingResult
 
 NEW_FILE = ">f+++++++++"
@@ -51,7 +51,7 @@ class Send:
     #: one when the file belongs to a folder that is new on the remote side.
     stage: str = ""
     #: The existing remote folder whose staging folder holds it (its commit).
-    host: str = ""
+    base: str = ""
     #: File mode to give it (the local one, or the mapping's ``mode``).
     mode: int = 0o644
 
@@ -74,7 +74,7 @@ class NewDir:
     path: str  #: final remote path
     stage: str  #: where it is built
     mode: int
-    host: str  #: the existing folder whose staging folder holds it
+    base: str  #: the existing folder whose staging folder holds it
 
 
 @dataclass
@@ -93,12 +93,12 @@ class MappingPlan:
     error: str | None = None  #: the whole mapping cannot be synced
 
     @property
-    def hosts(self) -> list[str]:
+    def bases(self) -> list[str]:
         """Existing remote folders that receive something (each gets a staging folder)."""
-        return list(dict.fromkeys(item.host for item in self.sends + self.links + self.new_dirs))
+        return list(dict.fromkeys(item.base for item in self.sends + self.links + self.new_dirs))
 
     def staging_dirs(self, token: str) -> list[str]:
-        return [posixpath.join(folder, staging_name(token)) for folder in self.hosts]
+        return [posixpath.join(folder, staging_name(token)) for folder in self.bases]
 
 
 @dataclass
@@ -325,7 +325,7 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
     placed: dict[str, tuple[str, str]] = {}
 
     def place(folder: str) -> tuple[str, str]:
-        """(stage, host) for what goes into remote ``folder`` (one shared pair
+        """(stage, base) for what goes into remote ``folder`` (one shared pair
         of strings per folder: a run to many hosts holds one per file)."""
         found = placed.get(folder)
         if found is None:
@@ -359,12 +359,12 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
                     plan.removes.append(path)
                 elif not entry.rel:
                     plan.mkparent.append(folder)
-                stage, host = place(folder)
+                stage, base = place(folder)
                 stage = posixpath.join(stage, name)
-                building[path] = (stage, host)
-                plan.new_dirs.append(NewDir(path, stage, entry.mode, host))
+                building[path] = (stage, base)
+                plan.new_dirs.append(NewDir(path, stage, entry.mode, base))
                 files.append(FileResult(path + "/", "mkdir", "new" if there is None else "type", flags=NEW_DIR))
-            elif there.mode != entry.mode:
+            elif _dir_mode_differs(there.mode, entry.mode):
                 plan.chmods.append((entry.mode, path))
                 files.append(FileResult(path + "/", "chmod", "mode", flags=".d...p....."))
             elif plan.chowns and plan.chowns[-1] == path:
@@ -394,6 +394,15 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
             continue
         mode = mapping.mode if mapping.mode is not None else entry.mode
         reason, flags = _compare_file(entry, there, compare, mode)
+        if mapping.sudo and (reason in ("mtime-only", "mode") or (reason == "unchanged" and plan.chowns
+                                                                   and plan.chowns[-1] == path)):
+            # As root, never chmod/touch/chown a path in place (a link could
+            # be swapped in under us): send it again, its attributes set in
+            # the staging folder, and rename it over.
+            if plan.chowns and plan.chowns[-1] == path:
+                plan.chowns.pop()
+                flags = flags[:2] + flags[2:6].replace(" ", ".") + "og..."
+            reason, flags = "attributes", ">" + flags[1:]
         if entry.path in trusted and reason in ("unchanged", "mtime-only", "mode"):
             reason, flags = "event", ">f.st......"  # the watcher saw it change: trust that
         if reason == "unchanged":
@@ -414,6 +423,9 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
             record = FileResult(path, "send", reason, entry.size, flags=flags)
             files.append(record)
             plan.sends.append(Send(entry, record, *place(folder), mode))
+            if entry.mtime_ns < 0:
+                # SCP's T record cannot carry a time before 1970: set it after.
+                plan.touches.append((touch_stamp(entry.mtime_ns), path))
 
     if delete and mapping.is_dir:
         # Parents first. A path is extraneous only inside a folder that
@@ -464,8 +476,17 @@ def unsafe_for_delete(mapping: Mapping, home: str | None = None) -> str | None:
 
 
 def _owner_differs(mapping: Mapping, there: RemoteEntry) -> bool:
-    return bool((mapping.owner and mapping.owner not in (there.owner, "")) or
-                (mapping.group and mapping.group not in (there.group, "")))
+    # A numeric owner ("1") matches the listing's number as well as its name.
+    return bool((mapping.owner and mapping.owner not in (there.owner, there.uid, "")) or
+                (mapping.group and mapping.group not in (there.group, there.gid, "")))
+
+
+def _dir_mode_differs(remote: int, local: int) -> bool:
+    """A folder's setgid bit survives a numeric chmod (GNU, BusyBox): unless
+    the local folder has it, a remote one that has it is not a difference."""
+    if not local & stat.S_ISGID:
+        remote &= ~stat.S_ISGID
+    return remote != local
 
 
 def chown_spec(mapping: Mapping) -> str | None:

@@ -178,3 +178,18 @@ def tree_state(root: Path) -> dict[str, tuple]:
 
 def without_inodes(state: dict) -> dict:
     return {k: v[:4] for k, v in state.items()}
+
+
+def leftover_name() -> str:
+    """The staging folder name of a run of this machine that has ended: what
+    a cut run leaves (node and PID as the remote script makes them)."""
+    import re
+    import socket
+    import subprocess
+
+    node = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+    pid = subprocess.Popen(["true"])
+    pid.wait()
+    from synctasks.constants import STAGING_PREFIX
+
+    return f"{STAGING_PREFIX}{node}-{pid.pid}-{'0123456789abcdef'}"
