@@ -209,6 +209,7 @@ class Bench:
             record["port"] = (address_port or {}).get(address, self.server.port)
             entries.append(record)
         (self.project / "connection_info.json").write_text(json.dumps(entries))
+        os.chmod(self.project / "connection_info.json", 0o600)
         for old in (self.project / "hosts").glob("*.json"):
             old.unlink()
         for address, maps in mappings.items():
@@ -219,12 +220,13 @@ class Bench:
             f"[security]\nknown_hosts = {self.known_hosts}\n")
         return config
 
-    @staticmethod
-    def argv(entry: str, config: Path, flags: tuple[str, ...] = ()) -> list[str]:
+    shim: list[str] = []  #: bench/profile.py --shim: a wrapper that runs the entry (never in bench/run.py)
+
+    def argv(self, entry: str, config: Path, flags: tuple[str, ...] = ()) -> list[str]:
         """`fab sync` (entry "fab", run in the folder of fabfile.py, as users
         run it) or the console script `synctasks sync` ("cli")."""
         program = "fab" if entry == "fab" else "synctasks"
-        return [str(BIN / program), "sync", "--quiet", "--config", str(config), *flags]
+        return [*self.shim, str(BIN / program), "sync", "--quiet", "--config", str(config), *flags]
 
     def synctasks(self, entry: str, mappings: dict[str, list[dict]], address_port: dict[str, int] | None = None,
                   flags: tuple[str, ...] = ()) -> tuple[float, int]:
@@ -643,14 +645,21 @@ def main() -> int:
             print(f"benchmark: sshd on {HOSTS[0]}-{HOSTS[-1].split('.')[-1]} port {server.port}, data in {work} "
                   f"({fs}), {rounds} round(s), entries {' and '.join(entries)}, load {os.getloadavg()[0]:.2f}"
                   f"{', QUICK sizes' if args.quick else ''}", flush=True)
+            failed = []
             for name in cases:
                 print(f"[{name}] {CASES[name][1]}", flush=True)
                 case_started = time.perf_counter()
-                CASES[name][0](b)
+                try:
+                    CASES[name][0](b)
+                except SystemExit as exc:  # a tool failed or a result was wrong: report it, go on
+                    failed.append(name)
+                    print(f"  FAILED: {str(exc.code).strip()[-1500:]}", flush=True)
                 print(f"  ({time.perf_counter() - case_started:.1f}s)", flush=True)
             print(f"\nall cases in {time.perf_counter() - started:.0f}s, load now {os.getloadavg()[0]:.2f}\n")
             print_table(b.rows)
-            return 0 if all(r.verdict in ("PASS", "-") for r in b.rows) else 1
+            if failed:
+                print(f"\nFAILED cases (a tool failed or a destination was wrong): {', '.join(failed)}")
+            return 0 if not failed and all(r.verdict in ("PASS", "-") for r in b.rows) else 1
     finally:
         if args.keep:
             print(f"kept {work}")
