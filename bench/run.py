@@ -220,7 +220,7 @@ class Bench:
             f"[security]\nknown_hosts = {self.known_hosts}\n")
         return config
 
-    shim: list[str] = []  #: bench/profile.py --shim: a wrapper that runs the entry (never in bench/run.py)
+    shim: list[str] = []  #: bench/hotspots.py --shim: a wrapper that runs the entry (never in bench/run.py)
 
     def argv(self, entry: str, config: Path, flags: tuple[str, ...] = ()) -> list[str]:
         """`fab sync` (entry "fab", run in the folder of fabfile.py, as users

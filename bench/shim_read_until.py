@@ -9,7 +9,7 @@ read with ``read_until(b"\\n", limit=256)``, and read_until raises as soon as
 the buffer holds more than 256 bytes, even when the newline is its first
 byte: when the script's answers to many operations arrive in one packet
 (2,000 folders, one changed file each), the run fails with "the remote side
-sent more than 256 bytes where an answer was due". bench/profile.py
+sent more than 256 bytes where an answer was due". bench/hotspots.py
 --shim uses this to profile the rest of the run; bench/run.py never does.
 """
 

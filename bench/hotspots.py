@@ -1,8 +1,8 @@
 """Where synctasks spends its time in one case: client profile and remote processes.
 
-    .venv/bin/python bench/profile.py changes --folders 2000      # one changed file in each of 2,000 folders
-    .venv/bin/python bench/profile.py noop --files 50000           # no-op of a 50,000-file tree
-    .venv/bin/python bench/profile.py noop --files 50000 --hosts 4 --only time,pyspy
+    .venv/bin/python bench/hotspots.py changes --folders 2000      # one changed file in each of 2,000 folders
+    .venv/bin/python bench/hotspots.py noop --files 50000           # no-op of a 50,000-file tree
+    .venv/bin/python bench/hotspots.py noop --files 50000 --hosts 4 --only time,pyspy
 
 For the scenario it prepares (same server and tmpfs data as bench/run.py),
 it runs `synctasks sync` (or `fab sync` with --entry fab) several times:
@@ -209,17 +209,18 @@ def pyspy(b: bench.Bench, entry: str, mapping: dict, name: Path, idle: bool, rat
     summarise(name, rate)
 
 
-PHASES = [  # (label, function names marking the phase; the innermost match wins)
+PHASES = [  # (label, function names marking the phase; the innermost match wins). Old and new engine names.
     ("start-up: imports", ("_find_and_load",)),
     ("connect + auth", ("open_connection", "build_connection", "connect", "auth_publickey", "start_client")),
     ("local walk", ("prefetch", "walk", "_walk", "scan")),
     ("read listing (channel)", ("read_listing",)),
     ("parse listing", ("parse_listing",)),
     ("plan", ("plan_host",)),
-    ("prepare ops", ("_apply",)),
-    ("send SCP streams", ("send_scp", "scp_records")),
+    ("prepare (staging folders)", ("_apply", "prepare")),
+    ("send SCP streams", ("send_scp", "scp_records", "_send_groups", "transfer")),
+    ("  of which: window full", ("_wait_for_send_window",)),
     ("read SCP answers", ("read_scp_answers",)),
-    ("commit", ("_commit",)),
+    ("commit (moves, markers)", ("_commit", "commit")),
     ("results / report", ("to_dict", "print_summary", "on_result")),
 ]
 
@@ -240,7 +241,7 @@ def summarise(path: Path, rate: int, top: int = 12) -> None:
         thread = next((f for f in frames[:3] if f.startswith("thread")), "?")
         kind = classify(frames)
         threads[kind][thread] += n
-        funcs = [f.split(" (")[0] for f in frames if " (" in f and not f.startswith(("process", "thread"))]
+        funcs = [f.split(" (")[0].split(".")[-1] for f in frames if " (" in f and not f.startswith(("process", "thread"))]
         phase = "other"
         for label, names in PHASES:
             if any(f in names for f in funcs):
