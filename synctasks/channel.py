@@ -61,15 +61,15 @@ class Stream:
         before it: a broken or hostile host cannot grow our buffer for ever)."""
         start = 0
         while True:
-            if len(self.buf) > limit + len(needle):
-                raise RemoteError(f"the remote side sent more than {limit} bytes where an answer was due",
-                                  host=self.label)
             found = self.buf.find(needle, start)
             if found >= 0:
                 end = found + len(needle)
                 data = bytes(self.buf[:end])
                 del self.buf[:end]
                 return data
+            if len(self.buf) > limit + len(needle):
+                raise RemoteError(f"the remote side sent more than {limit} bytes where an answer was due",
+                                  host=self.label)
             start = max(0, len(self.buf) - len(needle) + 1)
             if not self.pump(block=True):
                 transport = self.chan.get_transport()

@@ -46,6 +46,10 @@ class Listing:
     unlisted: list[str] = field(default_factory=list)
     #: the login user as the host names it
     user: str = ""
+    #: dest -> its link target, for dests that are symlinks (listed through them)
+    dest_links: dict[str, str] = field(default_factory=dict)
+    #: the host has perl (a whole commit renamed by one process)
+    perl: bool = False
     #: dest -> the folder where its work lands, when the listing user cannot write it
     unwritable: dict[str, str] = field(default_factory=dict)
 
@@ -56,6 +60,8 @@ def _text(raw: bytes) -> str:
 
 def _seconds(raw: bytes) -> int:
     """Whole seconds, rounded down (pre-1970 times too: -1.5 is -2)."""
+    if raw[:1] != b"-":
+        return int(raw.partition(b".")[0])
     whole, _, fraction = raw.partition(b".")
     seconds = int(whole)
     if whole.startswith(b"-") and fraction.strip(b"0"):
@@ -85,6 +91,7 @@ def parse_listing(data: bytes) -> Listing:
     records = data.split(b"\0")
     current: dict[str, RemoteEntry] | None = None
     dest = ""
+    names: dict[tuple, tuple] = {}
     i = 0
     while i < len(records):
         record = records[i]
@@ -111,6 +118,10 @@ def parse_listing(data: bytes) -> Listing:
                     listing.stale.append(path)
                 else:
                     listing.active.setdefault(dest, []).append(path)
+        elif tag == b"P":
+            listing.perl = record[1:] == b"perl"
+        elif tag == b"Y":
+            listing.dest_links[dest] = _text(record[1:])
         elif tag == b"U":
             listing.user = _text(record[1:])
         elif tag == b"W":
@@ -120,12 +131,18 @@ def parse_listing(data: bytes) -> Listing:
             listing.unlisted.append(_text(record[1:]))
         elif tag == b"E":
             # Group names may hold spaces ("domain users"): own records.
-            link, owner, group = (_text(r) for r in (records[i:i + 3] + [b"", b"", b""])[:3])
+            # Owners, groups and modes repeat: decoded once each.
+            link, owner, group = records[i:i + 3] if i + 3 <= len(records) else (records[i:] + [b"", b"", b""])[:3]
             i += 3
             kind, mode, size, mtime, uid, gid, path = record[1:].split(b" ", 6)
-            current[_text(path)] = RemoteEntry(kind=kind.decode(), mode=int(mode, 8), size=int(size),
-                                               mtime=_seconds(mtime), link=link, owner=owner, group=group,
-                                               uid=uid.decode(), gid=gid.decode())
+            key = (kind, mode, owner, group, uid, gid)
+            shared = names.get(key)
+            if shared is None:
+                shared = names[key] = (kind.decode(), int(mode, 8), _text(owner), _text(group), uid.decode(),
+                                       gid.decode())
+            current[_text(path)] = RemoteEntry(shared[0], shared[1], int(size), _seconds(mtime),
+                                               _text(link) if link else "", None, shared[2], shared[3],
+                                               shared[4], shared[5])
         elif tag in (b"F", b"G"):
             mode, size, mtime, owner, group, uid, gid, path = record[1:].split(b"/", 7)
             raw = int(mode, 16 if tag == b"F" else 8)

@@ -99,7 +99,8 @@ def sync_shell(target: Target, mappings: list[Mapping], options: SyncOptions,
         log.warning("%s: a remote name with a newline: this host's listing (%s) cannot carry it; left alone",
                     path, listing.method)
     plan = plan_host(listing.token, mappings, listing, trees, compare=options.compare, delete=options.delete,
-                     warn=log.warning, trusted=options.trusted)
+                     warn=log.warning, trusted=options.trusted,
+                     remote_links=options.remote_links)
     results = [p.result for p in plan.mappings]
     if options.delete:
         check_delete_safety(plan, listing, options, target.label)
@@ -108,7 +109,7 @@ def sync_shell(target: Target, mappings: list[Mapping], options: SyncOptions,
     if options.dry_run or not plan.has_work:
         shell.finish_without_changes(stream, listing.token)
         return results
-    shell.apply(target, stream, plan, mappings, options, trees)
+    shell.apply(target, stream, plan, mappings, options, trees, perl=listing.perl)
     return results
 
 

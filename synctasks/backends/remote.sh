@@ -108,6 +108,8 @@ if [ "$mode" != ops ]; then
     fi
   fi
   printf 'L%s\0U%s\0' "$lm" "$(id -un 2>/dev/null || id -u)"
+  # A host with perl renames a whole commit in one process (else: one mv per folder).
+  if command -v perl >/dev/null 2>&1; then printf 'Pperl\0'; fi
   while IFS= read -r m && [ -n "$m" ]; do
     k=${m%%:*}; d=${m#*:}
     printf 'M%s\0' "$d"
@@ -119,6 +121,8 @@ if [ "$mode" != ops ]; then
     while [ -n "$w" ] && [ ! -d "$w" ]; do w=${w%/*}; done
     if [ -w "${w:-/}" ]; then printf 'W1\0'; else printf 'W0%s\0' "${w:-/}"; fi
     if [ -e "$d" ] || [ -h "$d" ]; then
+      # A file dest that is a link is listed through it: say so.
+      if [ "$k" = f ] && [ -h "$d" ]; then printf 'Y%s\0' "$(readlink "$d")"; fi
       if [ $lm = gnu ]; then
         find -H "$d" $depth -name "$PAT" -prune -exec sh -c "$STALE" sh {} + \
           -o -printf 'E%y %m %s %T@ %U %G %p\0%l\0%u\0%g\0'
@@ -162,17 +166,26 @@ while IFS= read -r line; do
     mark mkstage $rc ;;
   ln) IFS= read -r target; IFS= read -r path
     if loc stage 2>&1; then ln -s -- "$target" "$path" 2>&1; rc=$?; else rc=1; fi; mark ln $rc ;;
-  scp) IFS= read -r top; IFS= read -r dir; IFS= read -r size
+  mkdirs) # exclusively (no -p): names relative to the folder entered
+    if loc 2>&1; then names 'mkdir --' '' 2>&1; rc=$?; else rc=1; skiprest; fi; mark mkdirs $rc ;;
+  scp) IFS= read -r where; IFS= read -r top; IFS= read -r dir; IFS= read -r size
     case $size in *[!0-9]*|'') mark bad 3; exit 3 ;; esac
-    if ! stage "$top" "$dir" 2>&1; then
+    if [ "$where" = stage ]; then into=stage; else into=enter; fi
+    if ! $into "$top" "$dir" 2>&1; then
       # Nothing may be written: refuse the stream and swallow it.
       mark scp "1 9"; exec cat >/dev/null
     fi
-    # The sink's target is this run's staging folder, entered (not named):
-    # whatever happens in the stream, it cannot write above it. GNU head
+    # The sink's target is the folder entered (not named): whatever happens
+    # in the stream, it cannot write above it. Under sudo that is this run's
+    # staging folder; otherwise the mapping's top folder, the stream
+    # entering each folder's staging folder (made by mkdirs). GNU head
     # hands it exactly its stream in big reads (the sink reads records a
     # byte at a time); its answers wait in a file, read once.
-    a=$P$t.acks; h=$P$t.head
+    if [ $into = stage ]; then a=$P$t.acks; else
+      # the sink's answers wait in this run's staging folder of the top folder
+      [ -d "$P$t" ] || mkdir -- "$P$t"; a=$P$t/$P$t.acks
+    fi
+    h=$a.head
     if [ -z "$gnuhead" ]; then
       # Only GNU head -c stops reading at its count (others read ahead).
       if head --version 2>/dev/null | grep -q coreutils; then gnuhead=1; else gnuhead=0; fi
@@ -192,6 +205,13 @@ while IFS= read -r line; do
     # client commits on a second channel meanwhile; this PID stays alive, so
     # no other run takes the staging folders for stale.)
     [ "$hs" = 0 ] || exec cat >/dev/null ;;
+  mvall) # pairs of lines (staged path, final path), relative to the folder entered: one perl
+    if loc 2>&1; then
+      while IFS= read -r a && [ -n "$a" ]; do IFS= read -r b; printf '%s\0%s\0' "$a" "$b"; done |
+        perl -e '$/="\0"; $r=0; while (defined($a=<STDIN>)) { chomp $a; $b=<STDIN>; chomp $b;
+          if (!rename($a, $b)) { print "$b: $!\n"; $r=1 } } exit $r' 2>&1; rc=$?
+    else rc=1; skiprest; fi
+    mark mvall $rc ;;
   mv) # by the names we sent, from the staging folder (entered) to its folder
     if loc stage 2>&1; then names 'mv -f --' .. 2>&1; rc=$?; else rc=1; skiprest; fi
     mark mv $rc ;;

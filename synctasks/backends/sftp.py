@@ -107,6 +107,8 @@ def list_sftp(sftp: paramiko.SFTPClient, mappings: list[Mapping], token: str) ->
             attrs = None
         if attrs is not None:
             entries[mapping.dest] = _entry(mapping.dest, attrs, sftp)
+            if not mapping.is_dir and stat.S_ISLNK(sftp.lstat(mapping.dest).st_mode or 0):
+                listing.dest_links[mapping.dest] = sftp.readlink(mapping.dest) or ""
             if mapping.is_dir and stat.S_ISDIR(attrs.st_mode or 0):
                 stack = [mapping.dest]
                 while stack:
@@ -366,7 +368,8 @@ def sync_sftp(c, label: str, mappings: list[Mapping], options: SyncOptions, tree
         log.debug("listed %d remote entries in %d dests over SFTP",
                   sum(len(e) for e in listing.entries.values()), len(listing.entries))
         plan = plan_host(token, mappings, listing, trees, compare=options.compare, delete=options.delete,
-                         warn=log.warning, trusted=options.trusted)
+                         warn=log.warning, trusted=options.trusted,
+                     remote_links=options.remote_links)
         results = [p.result for p in plan.mappings]
         from ..transfer import check_delete_safety
 

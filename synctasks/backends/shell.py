@@ -134,9 +134,17 @@ class Ops:
         """A link at ``path`` (relative to the staging folder of ``where``)."""
         self._op("ln", target, path, *where)
 
-    def scp(self, where: tuple[str, str], size: int) -> None:
-        """Run the SCP sink in the staging folder of ``where`` on the next ``size`` bytes."""
-        self._op("scp", *where, str(size))
+    def mkdirs(self, where: tuple[str, str], names: list[str]) -> None:
+        """mkdir (no -p: an existing name fails) ``names``, relative to ``where``."""
+        self._names("mkdirs", list(where), names)
+
+    def scp(self, where: tuple[str, str], size: int, staged: bool = True) -> None:
+        """Run the SCP sink on the next ``size`` bytes, in ``where`` (or its staging folder)."""
+        self._op("scp", "stage" if staged else "here", *where, str(size))
+
+    def mvall(self, where: tuple[str, str], pairs: list[tuple[str, str]]) -> None:
+        """Rename each (staged, final) pair, paths relative to ``where``, in one process."""
+        self._names("mvall", list(where), [p for pair in pairs for p in pair])
 
     def mv(self, where: tuple[str, str], names: list[str]) -> None:
         """Move ``names`` from the staging folder of ``where`` into it."""
@@ -320,7 +328,9 @@ def _prep_reason(message: str, base: str) -> str:
         return f"cannot create the remote folders: {message or 'mkdir failed'}"
     path, why = match.groups()
     if base:
-        return f"cannot write into {base}: {why}"
+        inner = posixpath.dirname(path.rstrip("/"))
+        folder = posixpath.normpath(posixpath.join(base, inner)) if inner and not path.startswith("/") else base
+        return f"cannot write into {folder}: {why}"
     return f"cannot create folder {path}: {why}"
 
 
@@ -343,9 +353,15 @@ class ShellRun:
     """One host's plan carried out through the script (prepare, send, commit)."""
 
     def __init__(self, target: Target, stream: Stream, plan: HostPlan, mappings: list[Mapping],
-                 options: SyncOptions, trees: LocalTrees | None):
+                 options: SyncOptions, trees: LocalTrees | None, perl: bool = False):
         self.target, self.stream, self.plan, self.mappings = target, stream, plan, mappings
         self.options, self.trees = options, trees
+        #: As root, every folder is entered on its own and nothing is reached
+        #: by a path below the dest (a link swapped in is never followed):
+        #: one sink and one move per folder. As the login user, one sink per
+        #: mapping walks into the folders, and one perl renames the lot.
+        self.secure = target.sudo
+        self.perl = perl and not self.secure
         self.label = target.label
         self.log = get_logger(self.label)
         self.token = plan.token
@@ -353,12 +369,32 @@ class ShellRun:
         self.markers = Markers(stream, self.token)
         #: existing remote folder -> the dest of the mapping it belongs to
         self.anchor: dict[str, str] = {}
+        #: existing remote folder -> the folder its SCP stream starts from
+        self.root: dict[str, str] = {}
         for mapping_plan in plan.mappings:
-            for base in mapping_plan.bases:
+            bases = mapping_plan.bases
+            common = posixpath.commonpath(bases) if bases else ""
+            for base in bases:
                 self.anchor.setdefault(base, mapping_plan.mapping.dest)
+                self.root.setdefault(base, base if self.secure else common)
 
     def where(self, base: str) -> tuple[str, str]:
         return locate(base, self.anchor.get(base, base))
+
+    def group(self, paths, anchor: str) -> dict[tuple[str, str], list[str]]:
+        """Paths as {(top, dir): names} for one op each: per folder as root;
+        otherwise paths below the dest share one op (names with slashes)."""
+        if self.secure:
+            return _by_folder(paths, anchor)
+        groups: dict[tuple[str, str], list[str]] = {}
+        prefix = anchor.rstrip("/") + "/"
+        for path in paths:
+            if path.startswith(prefix):
+                groups.setdefault(locate(anchor, anchor), []).append(path[len(prefix):])
+            else:
+                folder, name = posixpath.split(path)
+                groups.setdefault(locate(folder or "/", anchor), []).append(name)
+        return groups
 
     def stage_root(self, base: str) -> str:
         return posixpath.join(base, self.staging)
@@ -392,11 +428,22 @@ class ShellRun:
             if mapping_plan.mkparent:
                 ops.mkparent(mapping_plan.mkparent)
                 owners.append((mapping_plan, ""))
+            if self.secure:
+                for base in mapping_plan.bases:
+                    if base not in made:
+                        made.add(base)
+                        ops.mkstage(self.where(base))
+                        owners.append((mapping_plan, base))
+                continue
+            per_root: dict[str, list[str]] = {}
             for base in mapping_plan.bases:
                 if base not in made:
                     made.add(base)
-                    ops.mkstage(self.where(base))
-                    owners.append((mapping_plan, base))
+                    root = self.root[base]
+                    per_root.setdefault(root, []).append(posixpath.relpath(self.stage_root(base), root))
+            for root, names in per_root.items():
+                ops.mkdirs(self.where(root), names)
+                owners.append((mapping_plan, root))
         self.send_ops(ops)
         broken: dict[int, str] = {}
         for owner, base in owners:
@@ -425,9 +472,9 @@ class ShellRun:
         the channels to close at the end."""
         groups: dict[str, tuple[list[Send], list[NewDir]]] = {}
         for send in sends:
-            groups.setdefault(send.base, ([], []))[0].append(send)
+            groups.setdefault(self.root[send.base], ([], []))[0].append(send)
         for new_dir in new_dirs:
-            groups.setdefault(new_dir.base, ([], []))[1].append(new_dir)
+            groups.setdefault(self.root[new_dir.base], ([], []))[1].append(new_dir)
         planned = getattr(self.options.progress, "planned", None)
         if planned:
             planned(self.label, len(sends), sum(s.local.size for s in sends))
@@ -447,8 +494,8 @@ class ShellRun:
         for base, (base_sends, base_dirs) in groups.items():
             self.check_cancel()
             scp = ScpStream(self.token, base_sends)
-            records, length = scp_records(scp, base_dirs, self.stage_root(base))
-            ops.scp(self.where(base), length)
+            records, length = scp_records(scp, base_dirs, self.stage_root(base) if self.secure else base)
+            ops.scp(self.where(base), length, staged=self.secure)
             self.send_ops(ops)
             send_scp(self.stream, scp, records, self.options.progress, self.label, done, self.trees,
                      cancel=self.check_cancel)
@@ -460,7 +507,7 @@ class ShellRun:
             reason = scp.broken or self.stream.failure(f"the transfer into {base} stopped (scp status {status})")
             if status or stopped or scp.broken:
                 self.log.error("scp into %s failed (status %d): %s", base, status, reason)
-                careful.add(base)
+                careful.update(item.base for item in scp.sends + groups[base][1])
             failed.update(scp.failed)
             acked = scp.acked()
             for send in scp.sends:
@@ -514,7 +561,7 @@ class ShellRun:
         arrived = {s.result.path for s in sends + links if id(s) not in failed and s.base not in careful}
         arrived |= {d.path for d in new_dirs}
         for mapping_plan in live:
-            for where, names in _by_folder([r for r in mapping_plan.removes if r in arrived],
+            for where, names in self.group([r for r in mapping_plan.removes if r in arrived],
                                            mapping_plan.mapping.dest).items():
                 ops.rm(where, names)
         add("tidy")
@@ -539,16 +586,32 @@ class ShellRun:
             rel = self.staged(item)
             if "/" not in rel:
                 direct.setdefault(item.base, []).append(rel)
-        for base in dict.fromkeys(b for p in live for b in p.bases):
-            group = [s for s in moving if s.base == base]
-            ops.mv(self.where(base), direct.get(base, []))
-            add("mv", base, group, [d for d in new_dirs if d.base == base])
+        if self.perl:
+            pairs: dict[str, list[tuple[str, str]]] = {}
+            for base, names in direct.items():
+                root = self.root[base]
+                for name in names:
+                    pairs.setdefault(root, []).append((posixpath.relpath(posixpath.join(self.stage_root(base), name),
+                                                                         root),
+                                                       posixpath.relpath(posixpath.join(base, name), root)))
+            for root, root_pairs in pairs.items():
+                group = [s for s in moving if self.root[s.base] == root]
+                ops.mvall(self.where(root), root_pairs)
+                add("mv", root, group, [d for d in new_dirs if self.root[d.base] == root])
+        else:
+            for base in dict.fromkeys(b for p in live for b in p.bases):
+                group = [s for s in moving if s.base == base]
+                ops.mv(self.where(base), direct.get(base, []))
+                add("mv", base, group, [d for d in new_dirs if d.base == base])
         for mapping_plan in live:
-            for where, names in _by_folder(mapping_plan.deletes, mapping_plan.mapping.dest).items():
+            for where, names in self.group(mapping_plan.deletes, mapping_plan.mapping.dest).items():
                 ops.rm(where, names)
             add("rules", mapping_plan, ("delete",))
-        for base in dict.fromkeys(b for p in live for b in p.bases):
-            ops.rm(self.where(base), [self.staging])
+        for mapping_plan in live:
+            bases = mapping_plan.bases
+            stages = [self.stage_root(b) for b in dict.fromkeys(bases + [self.root[b] for b in bases])]
+            for where, names in self.group(stages, mapping_plan.mapping.dest).items():
+                ops.rm(where, names)
         add("cleanup")
         for mapping_plan in live:
             anchor = mapping_plan.mapping.dest
@@ -560,20 +623,20 @@ class ShellRun:
                     by_mode.setdefault(new_dir.mode & 0o7777, []).append(new_dir.path)
             # Deepest first, so a folder made read-only is chmodded after its contents.
             for mode, paths in sorted(by_mode.items()):
-                groups = _by_folder(paths, anchor)
+                groups = self.group(sorted(paths, key=lambda p: -p.count("/")), anchor)
                 for where in sorted(groups, key=lambda w: -len(posixpath.join(*w).split("/"))):
                     ops.chmod(mode, where, groups[where])
             add("rules", mapping_plan, ("chmod",))
             spec = chown_spec(mapping_plan.mapping)
             if spec:
-                for where, names in _by_folder(mapping_plan.chowns, anchor).items():
+                for where, names in self.group(mapping_plan.chowns, anchor).items():
                     ops.chown(spec, where, names)
                 add("rules", mapping_plan, ("chown",))
             by_stamp: dict[str, list[str]] = {}
             for stamp, path in mapping_plan.touches:
                 by_stamp.setdefault(stamp, []).append(path)
             for stamp, paths in sorted(by_stamp.items()):
-                for where, names in _by_folder(paths, anchor).items():
+                for where, names in self.group(paths, anchor).items():
                     ops.touch(stamp, where, names)
             add("rules", mapping_plan, ("touch",))
         ops.quit()
@@ -629,9 +692,9 @@ def _staging_free(reason: str, send: Send) -> str:
 
 
 def apply(target: Target, stream: Stream, plan: HostPlan, mappings: list[Mapping], options: SyncOptions,
-          trees: LocalTrees | None = None) -> None:
+          trees: LocalTrees | None = None, perl: bool = False) -> None:
     """Prepare, transfer, commit (see the module docstring)."""
-    run = ShellRun(target, stream, plan, mappings, options, trees)
+    run = ShellRun(target, stream, plan, mappings, options, trees, perl)
     run.check_cancel()
     live = run.prepare()
     sends = [s for p in live for s in p.sends]
