@@ -45,8 +45,6 @@ def main() -> int:
     parser.add_argument("--entry", choices=("cli", "fab"), default="cli")
     parser.add_argument("--only", default="time,strace,pyspy", help="instruments, comma-separated")
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
-    parser.add_argument("--shim", action="store_true",
-                        help="run the entry through bench/shim_read_until.py (see there why)")
     parser.add_argument("--out", default=str(bench.ROOT / "bench" / "profiles"), help="where py-spy output goes")
     args = parser.parse_args()
     instruments = args.only.split(",")
@@ -60,8 +58,6 @@ def main() -> int:
         with bench.TestServer(work / "server", addresses=bench.HOSTS) as server:
             watch_server(server)
             b = bench.Bench(work, server, 1, [args.entry], dict(bench.FULL))
-            if args.shim:
-                b.shim = [sys.executable, str(Path(__file__).resolve().parent / "shim_read_until.py")]
             hosts = bench.HOSTS[:args.hosts]
             if args.scenario == "changes":
                 src = b.tree("changes", args.folders * 10, args.folders, 4096)

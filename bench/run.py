@@ -220,13 +220,11 @@ class Bench:
             f"[security]\nknown_hosts = {self.known_hosts}\n")
         return config
 
-    shim: list[str] = []  #: bench/hotspots.py --shim: a wrapper that runs the entry (never in bench/run.py)
-
     def argv(self, entry: str, config: Path, flags: tuple[str, ...] = ()) -> list[str]:
         """`fab sync` (entry "fab", run in the folder of fabfile.py, as users
         run it) or the console script `synctasks sync` ("cli")."""
         program = "fab" if entry == "fab" else "synctasks"
-        return [*self.shim, str(BIN / program), "sync", "--quiet", "--config", str(config), *flags]
+        return [str(BIN / program), "sync", "--quiet", "--config", str(config), *flags]
 
     def synctasks(self, entry: str, mappings: dict[str, list[dict]], address_port: dict[str, int] | None = None,
                   flags: tuple[str, ...] = ()) -> tuple[float, int]:
