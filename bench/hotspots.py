@@ -9,8 +9,9 @@ it runs `synctasks sync` (or `fab sync` with --entry fab) several times:
 
 * time    wall time of the entry and of `rsync -a` on the same change, plus
           a raw `ssh host find dest -printf ...` listing (the listing's floor);
-* strace  the server's sshd traced with `strace -f` (execve and process
-          creation): the remote programs run per run and per changed folder;
+* strace  the server's sshd traced with `strace -f` (execve, process
+          creation, read): the remote programs run per run and per changed
+          folder, and each one's read(2) calls (byte-at-a-time readers);
 * pyspy   py-spy samples of the client, every thread, twice: wall clock
           (--idle: waiting included) and on-CPU only; the report shows, per
           thread, the time in each phase and the hottest functions.
@@ -166,27 +167,47 @@ def raw_listing(b: bench.Bench, host: str, dest: Path) -> None:
 
 
 def count_remote(b: bench.Bench, server, run, folders: int) -> None:
-    """Every program the server runs during one sync (strace -f on the sshd listener)."""
+    """Every program the server runs during one sync, and the read(2) calls of
+    each (strace -f on the sshd listener): byte-at-a-time readers show up."""
     trace = b.work / "strace.txt"
-    tracer = subprocess.Popen(["strace", "-f", "-qq", "-o", str(trace), "-e", "trace=execve,clone,clone3,fork,vfork",
-                               "-p", str(server.process.pid)], stderr=subprocess.DEVNULL)
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-s", "0", "-o", str(trace),
+                               "-e", "trace=execve,clone,clone3,fork,vfork,read", "-p", str(server.process.pid)],
+                              stderr=subprocess.DEVNULL)
     time.sleep(1.0)  # attached
     seconds, _ = run()
     time.sleep(0.5)
     tracer.send_signal(signal.SIGINT)
     tracer.wait()
     execs: collections.Counter = collections.Counter()
+    program: dict[str, str] = {}
+    reads: collections.Counter = collections.Counter()
+    read_bytes: collections.Counter = collections.Counter()
     forks = 0
     for line in trace.read_text(errors="replace").splitlines():
-        match = re.match(r"\d+\s+execve\(\"([^\"]+)\"", line)
+        match = re.match(r"(\d+)\s+execve\(\"([^\"]+)\"", line)
         if match and "= -1" not in line:
-            execs[os.path.basename(match.group(1))] += 1
+            program[match.group(1)] = name = os.path.basename(match.group(2))
+            execs[name] += 1
+            continue
+        match = re.match(r"(\d+)\s+read\(\d+, .*\)\s+=\s+(\d+)", line)
+        if match:
+            reads[match.group(1)] += 1
+            read_bytes[match.group(1)] += int(match.group(2))
         elif re.match(r"\d+\s+(clone3?|v?fork)\(", line) and "CLONE_THREAD" not in line:
             forks += 1
     total = sum(execs.values())
     print(f"strace: one sync ({seconds:.2f}s traced) ran {total} programs on the server and made {forks} "
           f"processes (fork/clone); per folder with a change: {total / folders:.2f} execs, {forks / folders:.2f} forks")
     print("strace: programs: " + ", ".join(f"{name} {count}" for name, count in execs.most_common()), flush=True)
+    calls: collections.Counter = collections.Counter()
+    volume: collections.Counter = collections.Counter()
+    for pid, count in reads.items():
+        name = program.get(pid, "(no exec: sshd or a subshell)")
+        calls[name] += count
+        volume[name] += read_bytes[pid]
+    print(f"strace: read(2) calls on the server: {sum(calls.values()):,}; by program: " + ", ".join(
+        f"{name} {count:,} ({volume[name] / max(count, 1):.0f} B each)" for name, count in calls.most_common(6)),
+        flush=True)
 
 
 def pyspy(b: bench.Bench, entry: str, mapping: dict, name: Path, idle: bool, rate: int) -> None:
