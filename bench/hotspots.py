@@ -109,7 +109,9 @@ def main() -> int:
             if "strace" in instruments:
                 prepare()
                 count_remote(b, server, ours, len(folders))
-            if "pyspy" in instruments:
+            if "pyspy" in instruments and not PY_SPY.exists():
+                print(f"pyspy: {PY_SPY} is missing: .venv/bin/pip install py-spy")
+            elif "pyspy" in instruments:
                 for idle in (True, False):
                     prepare()
                     name = out / f"{args.scenario}-{args.entry}-{'wall' if idle else 'cpu'}.txt"

@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import shutil
+import stat
 import statistics
 import subprocess
 import sys
@@ -177,17 +178,22 @@ class Bench:
     def verify(src: Path, *dests: Path, meta: bool = True) -> None:
         """Every dest holds exactly src (contents; with ``meta`` also file modes and
         whole-second mtimes), or the run stops: a fast wrong run must not pass."""
+
+        def files(root: Path) -> set:
+            found = set()
+            for p in root.rglob("*"):
+                info = p.lstat()
+                if stat.S_ISREG(info.st_mode):
+                    found.add((p.relative_to(root), info.st_mode, int(info.st_mtime)))
+            return found
+
+        mine = files(src) if meta else set()
         for dest in dests:
             done = subprocess.run(["diff", "-rq", "--no-dereference", str(src), str(dest)], capture_output=True,
                                   text=True)
             if done.returncode:
                 raise SystemExit(f"{dest} differs from {src}:\n{(done.stdout + done.stderr)[:2000]}")
-            if not meta:
-                continue
-            mine = {(p.relative_to(src), p.stat().st_mode, int(p.stat().st_mtime)) for p in src.rglob("*")}
-            theirs = {(p.relative_to(dest), p.stat().st_mode, int(p.stat().st_mtime)) for p in dest.rglob("*")
-                      if p.is_file()}
-            missing = {m for m in mine if (src / m[0]).is_file()} - theirs
+            missing = mine - files(dest) if meta else set()
             if missing:
                 raise SystemExit(f"{dest}: {len(missing)} files without the mode or mtime of src, e.g. "
                                  f"{sorted(missing)[:3]}")
