@@ -41,12 +41,8 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-try:  # the test servers moved to a top-level package `testing`
-    from testing.testproxy import TcpProxy  # noqa: E402
-    from testing.testserver import TestServer, _descendants, loopback_addresses  # noqa: E402
-except ImportError:
-    from synctasks.testproxy import TcpProxy  # noqa: E402
-    from synctasks.testserver import TestServer, _descendants, loopback_addresses  # noqa: E402
+from testing.testproxy import TcpProxy  # noqa: E402
+from testing.testserver import TestServer, _descendants, loopback_addresses  # noqa: E402
 
 BIN = Path(sys.executable).parent
 HOSTS = loopback_addresses(16)

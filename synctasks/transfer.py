@@ -118,6 +118,14 @@ def _no_shell_message(exc: NoShell, why: str) -> str:
     return f"the account does not run shell commands{said}: {why}"
 
 
+def _speaks_sftp(c, label: str, options: SyncOptions) -> bool:
+    try:
+        sftp_backend.open_sftp(c, label, options.io_timeout).close()
+    except RemoteError:
+        return False
+    return True
+
+
 def sync_connection(c, mappings: list[Mapping], options: SyncOptions | None = None, label: str | None = None,
                     trees: LocalTrees | None = None, sudo_password: str | None = None) -> HostResult:
     """Sync ``mappings`` to the host of an OPEN connection ``c``.
@@ -153,14 +161,14 @@ def sync_connection(c, mappings: list[Mapping], options: SyncOptions | None = No
                         backend = "shell"
                     except NoShell as exc:
                         if sudo:
-                            raise UnsupportedError(_no_shell_message(exc, '"sudo": true needs a shell on the host'),
-                                                   host=label) from None
+                            why = '"sudo": true needs a shell on the host'
+                            if _speaks_sftp(c, label, options):
+                                why += ", and this account speaks SFTP only"
+                            raise UnsupportedError(_no_shell_message(exc, why), host=label) from None
                         if options.protocol == "scp":
                             raise RemoteError(_no_shell_message(exc, "protocol = scp needs a POSIX shell with "
                                                                 "scp; use protocol = auto or sftp"), host=label) from None
-                        try:
-                            sftp_backend.open_sftp(c, label, options.io_timeout).close()
-                        except RemoteError:
+                        if not _speaks_sftp(c, label, options):
                             raise RemoteError(_no_shell_message(exc, "and it offers no SFTP either; synctasks needs "
                                                                 "a POSIX shell with scp, or SFTP"), host=label) from None
                         log.info("protocol auto: the account runs no shell commands%s: using SFTP",

@@ -13,7 +13,7 @@ import time
 from conftest import MAIN_HOSTS, give
 
 from synctasks.constants import STAGING_PREFIX
-from synctasks.testproxy import TcpProxy
+from testing.testproxy import TcpProxy
 
 
 def run_report(project, *args, capsys=None):

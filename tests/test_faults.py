@@ -16,8 +16,8 @@ import pytest
 from conftest import MAIN_HOSTS, give, tree_state
 
 from synctasks.constants import STAGING_PREFIX
-from synctasks.testproxy import TcpProxy
-from synctasks.testserver import TestServer, loopback_addresses
+from testing.testproxy import TcpProxy
+from testing.testserver import TestServer, loopback_addresses
 
 BIN = Path(sys.executable).parent
 

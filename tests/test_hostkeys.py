@@ -315,7 +315,7 @@ def test_open_connection_through_a_jump_host_checks_the_jump_host_too(server, tm
     from fabric import Config
 
     from synctasks.connection import verify_host_key
-    from synctasks.testproxy import TcpProxy
+    from testing.testproxy import TcpProxy
 
     with TcpProxy((MAIN_HOSTS[0], server.port), listen=(MAIN_HOSTS[0], 0)) as jump_door:
         ssh_config = tmp_path / "ssh_config"

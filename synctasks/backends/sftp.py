@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import calendar
 import errno
+import os
 import posixpath
 import re
 import secrets
@@ -34,12 +35,34 @@ from ..inputs import Mapping
 from ..listing import Listing, RemoteEntry, kind_of, staging_name
 from ..logger import get_logger
 from ..options import SyncOptions
-from ..plan import HostPlan, LocalTrees, MappingPlan, plan_host, touch_stamp  # noqa: F401
+from ..plan import HostPlan, LocalTrees, MappingPlan, plan_host
 from ..results import CHANGING
 
 HEARTBEAT = 1.0  #: seconds between touches of a live run's staging folders
 STALE_AFTER = 5.0  #: a staging folder untouched this long belongs to no live run
-_STAGING = re.compile(re.escape(STAGING_PREFIX) + r".+-\d+-[0-9a-f]{16}\Z")
+_STAGING = re.compile(re.escape(STAGING_PREFIX) + r"(.+)-(\d+)-([0-9a-f]{16})\Z")
+#: This machine, as SFTP runs name it in their staging folders.
+CLIENT = "sftp." + re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname() or "client")
+#: Tokens of this process's SFTP runs that have ended (cut, failed or done):
+#: their staging folders are leftovers at once, whatever their age.
+ENDED: set[str] = set()
+
+
+def _ours_and_over(name: str) -> bool:
+    """A staging folder made from this machine by a run that is over: its
+    process is gone, or it is a run of this process that ended."""
+    match = _STAGING.match(name)
+    if not match or match.group(1) != CLIENT:
+        return False
+    if match.group(3) in ENDED:
+        return True
+    try:
+        os.kill(int(match.group(2)), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        return False
+    return False
 
 
 def refuse_unsupported(mappings: list[Mapping], options: SyncOptions, label: str) -> None:
@@ -93,7 +116,8 @@ def list_sftp(sftp: paramiko.SFTPClient, mappings: list[Mapping], token: str) ->
     now = time.time()
 
     def leftover(path: str, attrs) -> None:
-        if time.time() - (attrs.st_mtime or 0) >= STALE_AFTER or (attrs.st_mtime or 0) > now + 86400:
+        if (_ours_and_over(posixpath.basename(path)) or time.time() - (attrs.st_mtime or 0) >= STALE_AFTER
+                or (attrs.st_mtime or 0) > now + 86400):
             listing.stale.append(path)
         # else: a live run's (or one cut a moment ago): left alone
 
@@ -356,25 +380,33 @@ def sync_sftp(c, label: str, mappings: list[Mapping], options: SyncOptions, tree
               notes: list[str]) -> list:
     """List, plan and (unless a dry run) apply over SFTP; the mappings' results."""
     refuse_unsupported(mappings, options, label)
-    log = get_logger(label)
     sftp = open_sftp(c, label, options.io_timeout)
-    with sftp:
-        token = f"sftp-0-{secrets.token_hex(8)}"
-        try:
-            listing = list_sftp(sftp, mappings, token)
-        except RemoteError as exc:
-            exc.host = label
-            raise
-        log.debug("listed %d remote entries in %d dests over SFTP",
-                  sum(len(e) for e in listing.entries.values()), len(listing.entries))
-        plan = plan_host(token, mappings, listing, trees, compare=options.compare, delete=options.delete,
-                         warn=log.warning, trusted=options.trusted,
-                     remote_links=options.remote_links)
-        results = [p.result for p in plan.mappings]
-        from ..transfer import check_delete_safety
+    secret = secrets.token_hex(8)
+    token = f"{CLIENT}-{os.getpid()}-{secret}"
+    try:
+        return _list_plan_apply(sftp, token, label, mappings, options, trees, notes)
+    finally:
+        ENDED.add(secret)  # whatever happened: its staging folders are leftovers now
+        sftp.close()
 
-        if options.delete:
-            check_delete_safety(plan, listing, options, label)
-        if not options.dry_run and plan.has_work:
-            SftpRun(sftp, plan, options, label, trees, notes).run()
+
+def _list_plan_apply(sftp, token: str, label: str, mappings: list[Mapping], options: SyncOptions,
+                     trees: LocalTrees, notes: list[str]) -> list:
+    from ..transfer import check_delete_safety  # transfer imports this module
+
+    log = get_logger(label)
+    try:
+        listing = list_sftp(sftp, mappings, token)
+    except RemoteError as exc:
+        exc.host = label
+        raise
+    log.debug("listed %d remote entries in %d dests over SFTP",
+              sum(len(e) for e in listing.entries.values()), len(listing.entries))
+    plan = plan_host(token, mappings, listing, trees, compare=options.compare, delete=options.delete,
+                     warn=log.warning, trusted=options.trusted, remote_links=options.remote_links)
+    results = [p.result for p in plan.mappings]
+    if options.delete:
+        check_delete_safety(plan, listing, options, label)
+    if not options.dry_run and plan.has_work:
+        SftpRun(sftp, plan, options, label, trees, notes).run()
     return results

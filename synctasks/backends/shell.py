@@ -279,6 +279,10 @@ def _through_sudo(stream: Stream, prompt: str | None, password: str | None) -> N
         if stream.chan.recv_ready() or stream.chan.exit_status_ready():
             return
         if time.monotonic() > deadline:
+            if not said.strip():
+                # Not even sudo answered: an account that runs no command
+                # (an SFTP server forced on every exec waits for packets).
+                raise NoShell(f"no answer from sudo for {stream.timeout:.0f}s", "", host=stream.label)
             raise RemoteError(f"no answer from sudo for {stream.timeout:.0f}s", host=stream.label)
         time.sleep(0.005)
 
