@@ -143,8 +143,14 @@ class Ops:
         self._op("scp", "stage" if staged else "here", *where, str(size))
 
     def mvall(self, where: tuple[str, str], pairs: list[tuple[str, str]]) -> None:
-        """Rename each (staged, final) pair, paths relative to ``where``, in one process."""
-        self._names("mvall", list(where), [p for pair in pairs for p in pair])
+        """Rename each (staged, final) pair, paths relative to ``where``, in one
+        perl process that reads exactly their bytes (the shell's ``read`` would
+        take them a byte at a time)."""
+        if not pairs:
+            return
+        payload = b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for pair in pairs for p in pair)
+        self._op("mvall", *where, str(len(payload)))
+        self.parts.append(payload)
 
     def mv(self, where: tuple[str, str], names: list[str]) -> None:
         """Move ``names`` from the staging folder of ``where`` into it."""
@@ -220,8 +226,7 @@ def open_script(target: Target, mode: str, mappings: list[Mapping], token: str |
     line = (token or secrets.token_hex(8)).encode() + b"\n"
     if mode != "ops":
         # The dests, one per line (input validation refuses newlines in them).
-        line += b"".join((("d:" if m.is_dir else "f:") + m.dest).encode("utf-8", "surrogateescape") + b"\n"
-                         for m in mappings) + b"\n"
+        line += b"".join(_dest_line(m).encode("utf-8", "surrogateescape") + b"\n" for m in mappings) + b"\n"
     if target.sudo:
         _through_sudo(stream, prompt, target.password)
     else:
@@ -232,6 +237,14 @@ def open_script(target: Target, mode: str, mappings: list[Mapping], token: str |
     if target.sudo:
         stream.send(line)
     return stream
+
+
+def _dest_line(mapping: Mapping) -> str:
+    """``d:DEST`` / ``f:DEST``; upper case when the mapping names an owner or
+    group, so the listing carries names as well as ids (names cost GNU find
+    a lookup per entry)."""
+    kind = "d" if mapping.is_dir else "f"
+    return (kind.upper() if mapping.owner or mapping.group else kind) + ":" + mapping.dest
 
 
 def _first_answer(stream: Stream) -> None:
