@@ -44,6 +44,7 @@ How it works:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -65,8 +66,16 @@ from .options import SyncOptions
 from .plan import Excluder, LocalTrees, unsafe_for_delete
 from .results import HostResult
 
-#: Quiet time (ms) after the last event before a batch is handed over.
+#: Quiet time (ms) after the last event before a batch is handed over,
+#: while events keep coming.
 STEP_MS = 50
+#: The step while idle. watchfiles' backend wakes (and takes the GIL) every
+#: step, events or not: 50 ms steps cost ~0.2 s of CPU per idle 2 minutes,
+#: 100 ms steps half that; the first save after a pause then waits 100-200 ms
+#: for its batch instead of 50-100 ms.
+IDLE_STEP_MS = 100
+#: Seconds without events after which the watcher is idle again.
+ACTIVE_SECONDS = 10.0
 #: Longest time (ms) events are gathered while they keep coming.
 DEBOUNCE_MS = 1000
 #: Changed files of one mapping sent as single-file mappings, at most;
@@ -74,7 +83,7 @@ DEBOUNCE_MS = 1000
 FILE_UNITS_MAX = 16
 #: Reconnection backoff: first wait, doubling up to the cap (seconds).
 BACKOFF_START = 0.5
-BACKOFF_MAX = 4.0
+BACKOFF_MAX = 2.0
 #: An idle worker checks its connection this often (seconds).
 LIVENESS = 2.0
 #: After a stop, a round in flight gets this long before its connection is
@@ -82,6 +91,8 @@ LIVENESS = 2.0
 GRACE = 1.0
 #: SSH keepalive interval (seconds): notices a dead peer on an idle link.
 KEEPALIVE = 15
+#: How often an idle connection's reader thread wakes (seconds).
+SOCKET_WAKEUP = 1.0
 
 ADDED, MODIFIED, DELETED = 1, 2, 4  #: change kinds (bit flags), as watchfiles numbers them 1, 2, 3
 
@@ -190,7 +201,7 @@ def _is_excluded(exclude: Excluder, rel: str, mode: int | None) -> bool:
 
 
 def plan_round(mapping: Mapping, changes: dict[str, int], *, delete: bool, global_exclude: tuple[str, ...] = (),
-               serial: int = 0, file_units_max: int = FILE_UNITS_MAX) -> RoundPlan:
+               file_units_max: int = FILE_UNITS_MAX) -> RoundPlan:
     """The mappings that carry ``changes`` (rel path below ``mapping.src`` ->
     change bits) of one mapping to a host, and the local paths to trust."""
     plan = RoundPlan()
@@ -267,10 +278,12 @@ def plan_round(mapping: Mapping, changes: dict[str, int], *, delete: bool, globa
             return rel[len(root) + 1:] if root else rel
 
         scope = Scope(mapping, root, {below(r) for r in trees}, {below(r) for r in exact})
+        # Walks are shared by src, kind and patterns: a distinct walk for
+        # each distinct scope (a comment line, for gitignore-style matching).
+        marker = hashlib.sha1(repr((root, sorted(scope.trees), sorted(scope.exact))).encode()).hexdigest()[:16]
         sub = replace(mapping, src=Path(os.path.join(src, root)) if root else mapping.src,
                       dest=f"{mapping.dest.rstrip('/')}/{root}" if root else mapping.dest, is_dir=True,
-                      # A distinct walk for each scope (walks are shared by src, kind and patterns).
-                      exclude=tuple(mapping.exclude) + (f"# synctasks watch scope {serial}",))
+                      exclude=tuple(mapping.exclude) + (f"# synctasks watch scope {marker}",))
         plan.mappings.append(sub)
         plan.scopes[sub] = scope
     for rel in files:
@@ -362,10 +375,13 @@ class _HostWorker(threading.Thread):
         self.in_round = False
 
     # -- events --------------------------------------------------------
-    def add(self, index: int, rel: str, bits: int) -> None:
+    def add(self, changes: list[tuple[int, str, int]]) -> None:
+        """Queue (mapping index, rel path, change bits) for the next round,
+        all at once: a round never takes half of a batch."""
         with self.cond:
-            changes = self.pending.setdefault(index, {})
-            changes[rel] = changes.get(rel, 0) | bits
+            for index, rel, bits in changes:
+                mine = self.pending.setdefault(index, {})
+                mine[rel] = mine.get(rel, 0) | bits
             self.cond.notify()
 
     def _take(self) -> dict[int, dict[str, int]]:
@@ -391,7 +407,11 @@ class _HostWorker(threading.Thread):
         self.c = build_connection(self.host, session.settings, session.lightweight)
         open_connection(self.c, self.host.name)
         try:
-            self.c.transport.set_keepalive(KEEPALIVE)
+            transport = self.c.transport
+            transport.set_keepalive(KEEPALIVE)
+            # paramiko's reader wakes at every socket timeout (0.1 s) to look
+            # for a close; for a connection idle for hours, once a second will do.
+            transport.sock.settimeout(SOCKET_WAKEUP)
         except Exception:
             pass
 
@@ -476,6 +496,7 @@ class _HostWorker(threading.Thread):
         changes are then kept for the full sync that follows)."""
         session = self.session
         options = session.options
+        started = time.monotonic()
         trees = RoundTrees(options.exclude, options.symlinks, self.log.warning)
         trusted: set[str] = set()
         events = sum(len(c) for c in taken.values())
@@ -487,14 +508,9 @@ class _HostWorker(threading.Thread):
             if kind == "initial" and session.initial_trees is not None:
                 trees = session.initial_trees
         else:
-            mappings = []
-            for index, changes in sorted(taken.items()):
-                plan = plan_round(self.mappings[index], changes, delete=options.delete,
-                                  global_exclude=options.exclude, serial=len(mappings))
-                mappings += plan.mappings
-                trees.scopes.update(plan.scopes)
-                trusted |= plan.trusted
+            mappings, trees, trusted = session.prepare_round(self, taken)
             if not mappings:
+                session.release(trees)
                 return True  # only excluded or irrelevant changes
             # The events are trusted: no need to hash anything.
             options = replace(options, compare="size-mtime")
@@ -502,10 +518,10 @@ class _HostWorker(threading.Thread):
         self.round_no += 1
         number = self.round_no
         self.stats.state = "syncing" if whole else self.stats.state
-        started = time.monotonic()
         result, error = None, None
         with session.slots:
             if session.stop.is_set() and not whole:
+                session.release(trees)
                 self._give_back(taken)
                 return True
             self.in_round = True
@@ -516,6 +532,7 @@ class _HostWorker(threading.Thread):
                 error = exc
             finally:
                 self.in_round = False
+        session.release(trees)
         ms = (time.monotonic() - started) * 1000
         record = RoundRecord(self.host.name, number, kind, result, ms, events)
         if error is not None:
@@ -537,6 +554,16 @@ class _HostWorker(threading.Thread):
         self.stats.error = None if result.ok else result.first_error
         session.report(record, self.stats)
         return True
+
+
+def _rebase(unit: Mapping, original: Mapping, mine: Mapping) -> Mapping:
+    """``unit`` (planned for ``original``) for another host's mapping of the
+    same src: its dest and its owner, group, mode and sudo."""
+    if original is mine:
+        return unit
+    suffix = unit.dest[len(original.dest.rstrip("/")):] if unit.dest != original.dest else ""
+    return replace(unit, dest=(mine.dest.rstrip("/") + suffix) if suffix else mine.dest, sudo=mine.sudo,
+                   owner=mine.owner, group=mine.group, mode=mine.mode, source=mine.source)
 
 
 def _plain(exc: Exception, host: str) -> str:
@@ -590,13 +617,18 @@ class _Watcher(threading.Thread):
 
     def run(self) -> None:
         session = self.session
+        last_event = -ACTIVE_SECONDS
         try:
             while not session.stop.is_set():
-                raw = self.notify.watch(session.debounce_ms, STEP_MS, 0, session.stop)
+                if time.monotonic() - last_event < ACTIVE_SECONDS:
+                    raw = self.notify.watch(session.debounce_ms, STEP_MS, int(ACTIVE_SECONDS * 1000), session.stop)
+                else:
+                    raw = self.notify.watch(session.debounce_ms, IDLE_STEP_MS, 0, session.stop)
                 if raw == "stop":
                     break
                 if isinstance(raw, str):
                     continue  # timeout / signal (signals are the main thread's business)
+                last_event = time.monotonic()
                 session.route(raw)
         except Exception as exc:  # e.g. the watch limit hit by a folder made later
             session.fail(_watch_error(exc, self.paths))
@@ -635,6 +667,10 @@ class WatchSession:
                                                            get_logger().warning)
         self._lock = threading.Lock()
         self._out = 0
+        #: batches routed so far: a round's walk is shared only by rounds of
+        #: the same changes with no event routed in between
+        self.generation = 0
+        self._shared: tuple | None = None  # (key, generation, plans, trees, users)
         #: src path -> [(worker, mapping index, is_dir)]
         self.routes: dict[str, list[tuple[_HostWorker, int, bool]]] = {}
         for worker in self.workers:
@@ -651,6 +687,9 @@ class WatchSession:
         return top, parents
 
     def route(self, raw: set[tuple[int, str]]) -> None:
+        with self._lock:
+            self.generation += 1
+        batches: dict[_HostWorker, list[tuple[int, str, int]]] = {}
         for change, path in raw:
             if self.ignore and path.startswith(self.ignore):
                 continue
@@ -659,13 +698,65 @@ class WatchSession:
             while True:
                 for worker, index, is_dir in self.routes.get(probe, ()):
                     if probe == path:
-                        worker.add(index, "", bits)
+                        batches.setdefault(worker, []).append((index, "", bits))
                     elif is_dir:
-                        worker.add(index, path[len(probe) + 1:] if probe != "/" else path[1:], bits)
+                        rel = path[len(probe) + 1:] if probe != "/" else path[1:]
+                        batches.setdefault(worker, []).append((index, rel, bits))
                 parent = os.path.dirname(probe)
                 if parent == probe:
                     break
                 probe = parent
+        for worker, changes in batches.items():
+            worker.add(changes)
+
+    def prepare_round(self, worker: _HostWorker, taken: dict[int, dict[str, int]]
+                      ) -> tuple[list[Mapping], RoundTrees, set[str]]:
+        """The mappings, walks and trusted paths of one host's round.
+
+        Hosts that map the same src and got the same changes (the usual case:
+        every host follows one tree) share the planning, the local walk and
+        the small files read, as a one-shot sync shares them.
+        """
+        options = self.options
+        key = tuple((str(m.src), m.is_dir, m.exclude, tuple(sorted(taken[i].items())))
+                    for i, m in sorted(enumerate(worker.mappings), key=lambda p: p[0]) if i in taken)
+        with self._lock:
+            shared = self._shared
+            if shared is None or shared[0] != key or shared[1] != self.generation:
+                plans = {}
+                trees = RoundTrees(options.exclude, options.symlinks, get_logger().warning)
+                shared = self._shared = [key, self.generation, plans, trees, 0]
+            shared[4] += 1
+            plans, trees = shared[2], shared[3]
+        mappings: list[Mapping] = []
+        trusted: set[str] = set()
+        for index, changes in sorted(taken.items()):
+            mine = worker.mappings[index]
+            common = (str(mine.src), mine.is_dir, mine.exclude)
+            with self._lock:
+                found = plans.get(common)
+            if found is None:
+                found = (mine, plan_round(mine, changes, delete=options.delete, global_exclude=options.exclude))
+                with self._lock:
+                    found = plans.setdefault(common, found)
+            original, plan = found
+            for unit in plan.mappings:
+                ours = _rebase(unit, original, mine)
+                mappings.append(ours)
+                if unit in plan.scopes:
+                    trees.scopes[ours] = plan.scopes[unit]
+            trusted |= plan.trusted
+        return mappings, trees, trusted
+
+    def release(self, trees: LocalTrees) -> None:
+        """A round is over: once no round uses the shared walk, let it go
+        (it holds the small files it read)."""
+        with self._lock:
+            shared = self._shared
+            if shared is not None and shared[3] is trees:
+                shared[4] -= 1
+                if shared[4] <= 0:
+                    self._shared = None
 
     def fail(self, error: SyncTasksError) -> None:
         self.error = self.error or error
