@@ -312,11 +312,13 @@ def case_idle(tool: Tool, seconds: float) -> dict:
     return {"cpu": cpu_seconds(pid) - cpu0, "rss_start": rss0, "rss_end": rss_kib(pid), "rss_peak": peak}
 
 
-def case_outage(tool_factory, src: Path, dests: Dests, server: TestServer, outage: float) -> dict:
+def case_outage(tool_factory, src: Path, dests: Dests, server: TestServer, known_hosts: Path, outage: float) -> dict:
     """Host 0 is reached through a proxy; the proxy goes away for ``outage``
     seconds while edits go on."""
     with TcpProxy((HOSTS[0], server.port), listen=(HOSTS[0], 0)) as proxy:
         port = proxy.port
+        with open(known_hosts, "a") as handle:  # the host's key, as seen on the proxy's port
+            handle.write(f"[{HOSTS[0]}]:{port} {server.host_key_line}\n")
         tool = tool_factory({HOSTS[0]: port})
         tool_start(tool, src, dests)
         expected: dict[str, bytes] = {}
@@ -427,7 +429,7 @@ def main() -> int:
                 if "outage" in cases:
                     src, dests = fresh(work, server, f"{kind}-outage")
                     r["outage"] = case_outage(lambda ports, s=src, d=dests, k=kind: make(k, s, d, ports),
-                                              src, dests, server, outage)
+                                              src, dests, server, known_hosts, outage)
                     print(f"  {kind} outage: {r['outage']}", flush=True)
             if "latency" in cases and not args.quick:
                 src, dests = fresh(work, server, "lsyncd-default")

@@ -216,6 +216,8 @@ def plan_round(mapping: Mapping, changes: dict[str, int], *, delete: bool, globa
             plan.trusted.add(src)
         return plan
 
+    if not os.path.isdir(src):
+        return plan  # the mapped folder itself is gone: its remote copy is left alone
     exclude = Excluder(tuple(global_exclude) + tuple(mapping.exclude))
     files: list[str] = []
     trees: set[str] = set()
@@ -505,8 +507,12 @@ class _HostWorker(threading.Thread):
             for index, changes in taken.items():
                 src = str(self.mappings[index].src)
                 trusted |= {os.path.join(src, rel) if rel else src for rel in changes}
-            if kind == "initial" and session.initial_trees is not None:
-                trees = session.initial_trees
+            shared = session.initial_trees
+            if kind == "initial" and shared is not None and not taken:
+                # The walk made while connecting, shared by every host; not
+                # once events came in (it may predate them: a file changed
+                # since would fail its send, its event already used up).
+                trees = shared
         else:
             mappings, trees, trusted = session.prepare_round(self, taken)
             if not mappings:
@@ -539,13 +545,17 @@ class _HostWorker(threading.Thread):
             record.error = redact(_plain(error, self.host.name))
             self._give_back(taken)
             self.stats.error = record.error
-            if not self.connected or getattr(error, "transient", False):
+            if session.stop.is_set():
+                self.log.info("round %d (%s) abandoned: stopping", number, kind)
+            elif not self.connected or getattr(error, "transient", False):
                 self.log.warning("round %d (%s) cut: %s", number, kind, record.error)
             else:
                 self.log.error("round %d (%s) failed: %s", number, kind, record.error)
             self.close()
             session.report(record, self.stats)
             return False
+        if kind == "initial":
+            session.initial_done()
         self.stats.rounds += 1
         self.stats.sent += result.sent
         self.stats.deleted += result.deleted
@@ -748,6 +758,12 @@ class WatchSession:
             trusted |= plan.trusted
         return mappings, trees, trusted
 
+    def initial_done(self) -> None:
+        with self._lock:
+            self._initial_left = getattr(self, "_initial_left", len(self.workers)) - 1
+            if self._initial_left <= 0:
+                self.initial_trees = None  # it holds the small files it read
+
     def release(self, trees: LocalTrees) -> None:
         """A round is over: once no round uses the shared walk, let it go
         (it holds the small files it read)."""
@@ -900,6 +916,7 @@ def run_watch(config: str | None = None, *, only=None, delete: bool | None = Non
         summary = session.run()
     except WatchLimitError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        close_logging()
         return K.EXIT_BAD_INPUT
     except KeyboardInterrupt:
         got.append(signal.SIGINT)

@@ -283,3 +283,19 @@ def test_sigterm_mid_round_leaves_no_partial_file(project, server, remote):
     assert target.read_bytes() in (b"A" * (8 << 20), data.read_bytes())  # old or new, never a part
     rounds = [json.loads(line) for line in report.read_text().splitlines()]
     assert rounds[0]["kind"] == "initial" and rounds[0]["sent"] == 1 and rounds[0]["bytes"] == 8 << 20
+
+
+def test_the_inotify_watch_limit_gets_a_clear_message(project, server, remote, capsys, monkeypatch):
+    import watchfiles._rust_notify as backend
+
+    class Limited:
+        def __init__(self, *args):
+            raise OSError('OS file watch limit reached. about ["/big/tree"]')
+
+    monkeypatch.setattr(backend, "RustNotify", Limited)
+    project.file("site/a.txt", "a")
+    project.add_host(server, MAIN_HOSTS[0], [{"src": "site", "dest": f"{remote}/site"}])
+    status, out, err = project.run("watch", capsys=capsys)
+    assert status == 2
+    assert "sysctl fs.inotify.max_user_watches=" in err
+    assert not (remote / "site").exists()  # nothing was sent
