@@ -84,15 +84,17 @@ FILE_UNITS_MAX = 16
 #: Reconnection backoff: first wait, doubling up to the cap (seconds).
 BACKOFF_START = 0.5
 BACKOFF_MAX = 2.0
-#: An idle worker checks its connection this often (seconds).
-LIVENESS = 2.0
+#: An idle worker checks its connection this often (seconds); a drop is
+#: also noticed by the next round. (Every wake-up of an idle thread costs
+#: CPU: the idle watch is budgeted at 0.2 s of CPU per 2 minutes.)
+LIVENESS = 10.0
 #: After a stop, a round in flight gets this long before its connection is
 #: closed under it (seconds).
 GRACE = 1.0
 #: SSH keepalive interval (seconds): notices a dead peer on an idle link.
 KEEPALIVE = 15
 #: How often an idle connection's reader thread wakes (seconds).
-SOCKET_WAKEUP = 1.0
+SOCKET_WAKEUP = 5.0
 
 ADDED, MODIFIED, DELETED = 1, 2, 4  #: change kinds (bit flags), as watchfiles numbers them 1, 2, 3
 
@@ -412,7 +414,8 @@ class _HostWorker(threading.Thread):
             transport = self.c.transport
             transport.set_keepalive(KEEPALIVE)
             # paramiko's reader wakes at every socket timeout (0.1 s) to look
-            # for a close; for a connection idle for hours, once a second will do.
+            # for a close; for a connection idle for hours, every few seconds
+            # will do (a close by us does not wait for it).
             transport.sock.settimeout(SOCKET_WAKEUP)
         except Exception:
             pass
@@ -819,8 +822,11 @@ class WatchSession:
             ready()
         if not self.workers:
             self.stop.set()
-        while not self.stop.wait(1.0):
+        while not self.stop.wait(30.0):  # a signal handler's set() ends the wait at once
             pass
+        for worker in self.workers:  # idle ones wake up and leave
+            with worker.cond:
+                worker.cond.notify_all()
         # Let the rounds in flight finish; past the grace time, close their
         # connections under them (the engine never commits a partial file).
         deadline = time.monotonic() + GRACE

@@ -249,9 +249,8 @@ def test_a_host_that_drops_catches_up_and_the_others_never_wait(project, server,
             wait_for(lambda: in_sync(site, dests[1:]), what="the hosts still up, again")
             with TcpProxy((MAIN_HOSTS[0], server.port), listen=(MAIN_HOSTS[0], port)):
                 wait_for(lambda: in_sync(site, dests), timeout=20, what="host 0 caught up")
-                worker = w.session.workers[0]
-                assert worker.stats.reconnects == 1
-                assert w.rounds(MAIN_HOSTS[0], "resync")
+                wait_for(lambda: w.rounds(MAIN_HOSTS[0], "resync"), what="the resync's record")
+                assert w.session.workers[0].stats.reconnects == 1
                 (site / "d.txt").write_text("after")
                 wait_for(lambda: in_sync(site, dests), what="rounds again on host 0")
 
@@ -270,17 +269,22 @@ def test_sigterm_mid_round_leaves_no_partial_file(project, server, remote):
             wait_for(lambda: report.exists() and '"initial"' in report.read_text(), timeout=60,
                      what="the initial sync")
             assert target.read_bytes() == data.read_bytes()
+            # The link stalls 2 MiB into the round: it cannot finish on its own.
             before = slow.bytes_forwarded
+            slow.stall_after = before + (2 << 20)
             data.write_bytes(os.urandom(8 << 20))
-            wait_for(lambda: slow.bytes_forwarded > before + (2 << 20), timeout=20, what="the round under way")
+            wait_for(lambda: slow.bytes_forwarded >= before + (2 << 20), timeout=20, what="the round under way")
+            signalled = time.monotonic()
             process.send_signal(signal.SIGTERM)
             out, err = process.communicate(timeout=20)
+            assert time.monotonic() - signalled < 8
         finally:
             if process.poll() is None:
                 process.kill()
     assert process.returncode == 143, (out, err)
     assert "watch stopped (SIGTERM)" in out and "HOST" in out
-    assert target.read_bytes() in (b"A" * (8 << 20), data.read_bytes())  # old or new, never a part
+    assert "abandoning the round in flight" in err
+    assert target.read_bytes() == b"A" * (8 << 20)  # the old file whole, never a part of the new one
     rounds = [json.loads(line) for line in report.read_text().splitlines()]
     assert rounds[0]["kind"] == "initial" and rounds[0]["sent"] == 1 and rounds[0]["bytes"] == 8 << 20
 
