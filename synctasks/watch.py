@@ -544,8 +544,19 @@ class _HostWorker(threading.Thread):
         session.release(trees)
         ms = (time.monotonic() - started) * 1000
         record = RoundRecord(self.host.name, number, kind, result, ms, events)
+        self.stats.rounds += 1
+        if result is not None:
+            # What a round committed counts, even if it then failed.
+            self.stats.sent += result.sent
+            self.stats.deleted += result.deleted
+            self.stats.failed += result.failed
+            self.stats.bytes += result.bytes
+        if error is None and result.error is not None:
+            error = result.error  # the host failed part-way (what was committed is in the result)
         if error is not None:
-            record.error = redact(_plain(error, self.host.name))
+            record.error = redact(error if isinstance(error, str) else _plain(error, self.host.name))
+            # Everything the round carried goes again, with the full sync
+            # that follows the reconnection (sent twice at worst).
             self._give_back(taken)
             self.stats.error = record.error
             if session.stop.is_set():
@@ -559,11 +570,6 @@ class _HostWorker(threading.Thread):
             return False
         if kind == "initial":
             session.initial_done()
-        self.stats.rounds += 1
-        self.stats.sent += result.sent
-        self.stats.deleted += result.deleted
-        self.stats.failed += result.failed
-        self.stats.bytes += result.bytes
         self.stats.error = None if result.ok else result.first_error
         session.report(record, self.stats)
         return True
