@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what synctasks' demo, tests and benchmarks need, once:
-# Debian packages (OpenSSH server and client, rsync, Dropbear, Python venv)
-# and a virtualenv in .venv with synctasks and its test dependencies.
+# Debian packages (OpenSSH server and client, rsync, Dropbear, BusyBox,
+# ShellCheck, sudo, Python venv) and a virtualenv in .venv with synctasks
+# and its test dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,8 @@ command -v scp >/dev/null 2>&1 || missing+=(openssh-client)
 command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
 command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 [ -x /usr/sbin/dropbear ] || missing+=(dropbear-bin)
+command -v busybox >/dev/null 2>&1 || missing+=(busybox)
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 command -v sudo >/dev/null 2>&1 || missing+=(sudo)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)

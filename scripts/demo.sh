@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-exec .venv/bin/python -m synctasks.demo "$@"
+exec .venv/bin/python -m testing.demo "$@"

@@ -17,7 +17,7 @@ from pathlib import Path
 from . import constants as K
 from .errors import InputError
 from .inputs import Inventory, load_inventory, load_settings
-from .logger import close_logging, get_logger, setup_logging
+from .logger import clean, close_logging, get_logger, redact_data, setup_logging
 from .plan import unsafe_for_delete
 from .progress import for_console, human_bytes
 from .results import GroupResult, HostResult
@@ -42,9 +42,16 @@ class _ConsoleFormatter(logging.Formatter):
         return f"{record.levelname.lower()}: {prefix}{record.getMessage()}"
 
 
+def print_input_error(exc: InputError) -> None:
+    """One ``error:`` line per problem (an InputError may list several)."""
+    for line in str(exc).splitlines() or [""]:
+        print(f"error: {line}", file=sys.stderr)
+
+
 def printable(text: str) -> str:
-    """One line, whatever the path holds: control characters escaped."""
-    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+    """One line, whatever the path holds: control characters escaped, secrets
+    masked (remote error text may echo one), as in the logs."""
+    return clean(text)
 
 
 def _load(config: str | None, overrides: dict | None = None) -> Inventory:
@@ -100,7 +107,7 @@ def run_sync(config: str | None = None, *, only=None, dry_run: bool = False, del
         if (delete or (delete is None and inventory.settings.delete)) and not force:
             _check_shallow_dests(inventory)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_input_error(exc)
         close_logging()
         return K.EXIT_BAD_INPUT
     if quiet:
@@ -126,7 +133,8 @@ def run_sync(config: str | None = None, *, only=None, dry_run: bool = False, del
         progress.close()
     seconds = time.monotonic() - started
     if json_path:
-        Path(json_path).write_text(json.dumps(group.to_dict(seconds, inventory.warnings), indent=2) + "\n")
+        report = redact_data(group.to_dict(seconds, inventory.warnings))
+        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
     if not quiet:
         print_summary(group, out, dry_run)
     word = "dry run" if dry_run else "sync"
@@ -152,7 +160,7 @@ def run_validate(config: str | None = None, out=None) -> int:
     try:
         inventory = _load(config)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_input_error(exc)
         close_logging()
         return K.EXIT_BAD_INPUT
     count = sum(len(m) for m in inventory.mappings.values())
@@ -168,7 +176,7 @@ def run_check(config: str | None = None, only=None, out=None, lightweight: bool 
         inventory = _load(config)
         select_hosts(inventory.hosts, only)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_input_error(exc)
         close_logging()
         return K.EXIT_BAD_INPUT
     status = check_hosts(inventory, only, lightweight)

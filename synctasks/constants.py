@@ -17,11 +17,13 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "delete": "false",
         "exclude": "",
         "symlinks": "copy",
+        "remote_links": "refuse",
         "ssh_config": "",
         "sudo": "false",
         "owner": "",
         "group": "",
         "mode": "",
+        "allow_orphan_mapper_files": "false",
     },
     "logging": {
         "info_log": "logs/info.log",
@@ -40,6 +42,8 @@ PROTOCOLS = ("auto", "scp", "sftp")
 COMPARE_MODES = ("size-mtime", "checksum")
 HOST_KEY_POLICIES = ("strict", "accept-new", "off")
 SYMLINK_MODES = ("copy", "follow", "skip")
+#: What to do where the dest has a symlink and src a file or folder.
+REMOTE_LINK_MODES = ("refuse", "replace", "skip")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 #: Environment variables that override config.ini: SYNCTASKS_<SECTION>_<KEY>,

@@ -6,8 +6,15 @@ secret at any level.
 - both rotate by ``max_bytes`` / ``backups``.
 
 Code logs through :func:`get_logger` (``get_logger(host)`` tags each line with
-the host). Passwords registered with :func:`add_secret` are masked in every
-record before any handler sees it.
+the host). Every handler (the two files and the console) gets each record
+cleaned once, before it formats it:
+
+- passwords registered with :func:`add_secret` are masked;
+- control characters are escaped (:func:`escape`): a remote file named
+  ``x\n\x1b]0;PWNED\x07`` shows as ``x\\n\\x1b]0;PWNED\\x07``, so remote text can
+  neither drive the operator's terminal nor forge a log line;
+- undecodable bytes of non-UTF-8 file names (``os.fsdecode``'s surrogates)
+  show as ``\\xNN`` instead of losing the record to a ``--- Logging error ---``.
 """
 
 from __future__ import annotations
@@ -38,16 +45,67 @@ def redact(text: str) -> str:
     return text
 
 
+def redact_data(data):
+    """``data`` (JSON-like: dicts, lists, strings) with secrets masked in every string."""
+    if not _secrets:
+        return data
+    if isinstance(data, str):
+        return redact(data)
+    if isinstance(data, dict):
+        return {redact_data(k): redact_data(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [redact_data(v) for v in data]
+    return data
+
+
+def _escape_char(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte os.fsdecode could not decode
+        return f"\\x{code - 0xDC00:02x}"
+    return repr(char)[1:-1]
+
+
+def escape(text: str) -> str:
+    """``text`` on one printable line: control and format characters (newline,
+    ESC, BEL, bidi overrides...) as Python escapes, undecodable bytes as \\xNN.
+
+    Backslashes stay as they are, so escaping twice changes nothing.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else _escape_char(c) for c in text)
+
+
+def clean(text: str) -> str:
+    """What a log line may show of ``text``: secrets masked, then escaped."""
+    return escape(redact(text) if _secrets else text)
+
+
 class _HostAndSecrets(logging.Filter):
-    """Adds ``host`` to records that have none, and masks secrets."""
+    """Adds ``host`` to records that have none, masks secrets and escapes
+    control characters (every handler carries this filter; a record that
+    reaches several handlers is cleaned again, which changes nothing)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "host"):
-            record.host = "-"
-        if _secrets:
-            record.msg = redact(record.getMessage())
-            record.args = None
+        record.host = escape(str(getattr(record, "host", None) or "-"))
+        record.msg = clean(record.getMessage())
+        record.args = None
         return True
+
+
+class SafeFormatter(logging.Formatter):
+    """The file channels' format; a traceback is masked and escaped line by
+    line and indented, so no line of it can pass for a record of its own."""
+
+    def formatException(self, ei) -> str:
+        return self._indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return self._indented(super().formatStack(stack_info))
+
+    @staticmethod
+    def _indented(text: str) -> str:
+        return "\n".join("    | " + clean(line) for line in text.splitlines())
 
 
 class HostAdapter(logging.LoggerAdapter):
@@ -63,9 +121,12 @@ def get_logger(host: str | None = None, name: str = ROOT) -> logging.LoggerAdapt
 
 def _rotating(path: Path, level: int, max_bytes: int, backups: int) -> logging.Handler:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+    # backslashreplace: a character the filter let through is still written,
+    # never the cause of a lost record.
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8",
+                                                   errors="backslashreplace")
     handler.setLevel(level)
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setFormatter(SafeFormatter(FORMAT))
     handler.addFilter(_HostAndSecrets())
     handler.set_name("synctasks-file")
     return handler

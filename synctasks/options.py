@@ -17,6 +17,8 @@ class SyncOptions:
     dry_run: bool = False
     protocol: str = "auto"  #: auto | scp | sftp (see synctasks.backends)
     symlinks: str = "copy"
+    #: a remote symlink where src has a file or folder: refuse | replace | skip
+    remote_links: str = "refuse"
     exclude: tuple[str, ...] = ()
     force: bool = False  #: allow --delete on shallow dests
     io_timeout: float = STALL_TIMEOUT  #: seconds with no progress before a host is given up

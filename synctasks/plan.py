@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from .inputs import Mapping
-from .remote import Listing, RemoteEntry, staging_name
+from .listing import Listing, RemoteEntry, staging_name
 from .results import FileResult, MappingResult
 
 NEW_FILE = ">f+++++++++"
@@ -25,7 +25,7 @@ NEW_LINK = "cL+++++++++"
 DELETING = "*deleting  "
 NAME_MAX = 255
 BLOB_MAX = 64 * 1024  #: files up to this size are read once per run, whatever the number of hosts
-BLOB_BUDGET = 64 * 1024 * 1024  #: at most this much of them is kept
+BLOB_BUDGET = 32 * 1024 * 1024  #: at most this much of them is kept
 
 
 @dataclass(slots=True)
@@ -51,7 +51,7 @@ class Send:
     #: one when the file belongs to a folder that is new on the remote side.
     stage: str = ""
     #: The existing remote folder whose staging folder holds it (its commit).
-    host: str = ""
+    base: str = ""
     #: File mode to give it (the local one, or the mapping's ``mode``).
     mode: int = 0o644
 
@@ -74,7 +74,7 @@ class NewDir:
     path: str  #: final remote path
     stage: str  #: where it is built
     mode: int
-    host: str  #: the existing folder whose staging folder holds it
+    base: str  #: the existing folder whose staging folder holds it
 
 
 @dataclass
@@ -93,12 +93,12 @@ class MappingPlan:
     error: str | None = None  #: the whole mapping cannot be synced
 
     @property
-    def hosts(self) -> list[str]:
+    def bases(self) -> list[str]:
         """Existing remote folders that receive something (each gets a staging folder)."""
-        return list(dict.fromkeys(item.host for item in self.sends + self.links + self.new_dirs))
+        return list(dict.fromkeys(item.base for item in self.sends + self.links + self.new_dirs))
 
     def staging_dirs(self, token: str) -> list[str]:
-        return [posixpath.join(folder, staging_name(token)) for folder in self.hosts]
+        return [posixpath.join(folder, staging_name(token)) for folder in self.bases]
 
 
 @dataclass
@@ -194,7 +194,10 @@ def walk(mapping: Mapping, exclude: Excluder, symlinks: str, warn) -> list[Local
                 if exclude(rel, True):
                     continue
                 entries.append(_local(child.path, rel, child_info, "d"))
-                subfolders.append((child.path, rel + "/", above | {os.path.realpath(child.path)}))
+                # Loops can only come through followed links: only then is
+                # each folder's real path worth its cost.
+                chain = above | {os.path.realpath(child.path)} if symlinks == "follow" else above
+                subfolders.append((child.path, rel + "/", chain))
             elif exclude(rel, False):
                 continue
             elif stat.S_ISREG(mode):
@@ -227,6 +230,15 @@ class LocalTrees:
         #: (one read per run, and every host gets the same bytes)
         self.blobs: dict[str, bytes] = {}
         self.blob_room = BLOB_BUDGET
+        #: SHA-256 of local files, hashed once per run whatever the number of hosts
+        self._sums: dict[tuple, str] = {}
+
+    def sha256(self, entry: "LocalEntry") -> str:
+        key = (entry.path, entry.size, entry.mtime_ns)
+        found = self._sums.get(key)
+        if found is None:
+            found = self._sums[key] = sha256_file(entry.path)
+        return found
 
     def remember(self, path: str, data: bytes) -> None:
         with self._lock:
@@ -295,7 +307,8 @@ def _unsendable(name: str) -> str | None:
 
 
 def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compare: str, delete: bool,
-                 warn, token: str = "0", trusted: frozenset = frozenset()) -> MappingPlan:
+                 warn, token: str = "0", trusted: frozenset = frozenset(), remote_links: str = "refuse"
+                 ) -> MappingPlan:
     dest = mapping.dest
     result = MappingResult(src=str(mapping.src), dest=dest)
     plan = MappingPlan(mapping=mapping, result=result)
@@ -320,37 +333,61 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
     mirrored: set[str] = set()
     #: new remote folder -> (where it is built, the existing folder holding it)
     building: dict[str, tuple[str, str]] = {}
-    blocked: list[str] = []
+    #: folder -> (action, reason) for everything below it
+    blocked: dict[str, tuple[str, str]] = {}
 
     placed: dict[str, tuple[str, str]] = {}
 
     def place(folder: str) -> tuple[str, str]:
-        """(stage, host) for what goes into remote ``folder`` (one shared pair
+        """(stage, base) for what goes into remote ``folder`` (one shared pair
         of strings per folder: a run to many hosts holds one per file)."""
         found = placed.get(folder)
         if found is None:
             found = placed[folder] = building.get(folder) or (posixpath.join(folder, staging), folder)
         return found
 
+    prefix = dest if dest.endswith("/") else dest + "/"
     for entry in local:
-        path = posixpath.join(dest, entry.rel) if entry.rel else dest
+        path = prefix + entry.rel if entry.rel else dest
         wanted.add(path)
-        folder, name = posixpath.split(path)
+        folder, _, name = path.rpartition("/")
+        folder = folder or "/"
         if entry.kind == "x":
             mirrored.discard(path)
             continue
-        if blocked and any(path.startswith(b + "/") for b in blocked):
-            files.append(FileResult(path, "fail", "inside a folder whose name cannot be sent"))
-            continue
+        if blocked:
+            under = next((b for b in blocked if path.startswith(b + "/")), None)
+            if under is not None:
+                action, why = blocked[under]
+                files.append(FileResult(path, action, why))
+                continue
         problem = _unsendable(name) if entry.rel or entry.kind != "d" else None
         if problem:
             files.append(FileResult(path + ("/" if entry.kind == "d" else ""), "fail", problem))
             if entry.kind == "d":
-                blocked.append(path)
+                blocked[path] = ("fail", "inside a folder whose name cannot be sent")
             continue
+        there = remote.get(path)
+        if there is not None and entry.kind in "df" and (there.kind == "l" or (not entry.rel and
+                                                                               dest in listing.dest_links)):
+            # A link on the host where src has a file or folder.
+            link = listing.dest_links.get(dest, "") if there.kind != "l" else there.link
+            shown = path + ("/" if entry.kind == "d" else "")
+            if remote_links == "refuse":
+                why = (f"the host has a symlink here (to {link}): set remote_links = replace to replace it, "
+                       "or skip to leave it")
+                files.append(FileResult(shown, "fail", why))
+                blocked[path] = ("fail", f"below {path}, a symlink on the host (remote_links = refuse)")
+                continue
+            if remote_links == "skip":
+                files.append(FileResult(shown, "skip", f"a symlink on the host (to {link}), kept"))
+                blocked[path] = ("skip", f"below {path}, a symlink on the host, kept")
+                continue
+            warn(f"{path}: replacing the host's symlink (to {link}) with a {'folder' if entry.kind == 'd' else 'file'}")
+            if there.kind != "l":  # the followed dest of a file mapping: make the compare see a link
+                there = RemoteEntry("l", 0o777, 0, 0, link)
         if entry.kind == "d":
             mirrored.add(path)
-        there = remote.get(path)
         if there is not None and _owner_differs(mapping, there):
             plan.chowns.append(path)
         if entry.kind == "d":
@@ -359,12 +396,12 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
                     plan.removes.append(path)
                 elif not entry.rel:
                     plan.mkparent.append(folder)
-                stage, host = place(folder)
+                stage, base = place(folder)
                 stage = posixpath.join(stage, name)
-                building[path] = (stage, host)
-                plan.new_dirs.append(NewDir(path, stage, entry.mode, host))
+                building[path] = (stage, base)
+                plan.new_dirs.append(NewDir(path, stage, entry.mode, base))
                 files.append(FileResult(path + "/", "mkdir", "new" if there is None else "type", flags=NEW_DIR))
-            elif there.mode != entry.mode:
+            elif _dir_mode_differs(there.mode, entry.mode):
                 plan.chmods.append((entry.mode, path))
                 files.append(FileResult(path + "/", "chmod", "mode", flags=".d...p....."))
             elif plan.chowns and plan.chowns[-1] == path:
@@ -393,7 +430,16 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
                 plan.links.append(Send(entry, record, *place(folder)))
             continue
         mode = mapping.mode if mapping.mode is not None else entry.mode
-        reason, flags = _compare_file(entry, there, compare, mode)
+        reason, flags = _compare_file(entry, there, compare, mode, trees)
+        if mapping.sudo and (reason in ("mtime-only", "mode") or (reason == "unchanged" and plan.chowns
+                                                                   and plan.chowns[-1] == path)):
+            # As root, never chmod/touch/chown a path in place (a link could
+            # be swapped in under us): send it again, its attributes set in
+            # the staging folder, and rename it over.
+            if plan.chowns and plan.chowns[-1] == path:
+                plan.chowns.pop()
+                flags = flags[:2] + flags[2:6].replace(" ", ".") + "og..."
+            reason, flags = "attributes", ">" + flags[1:]
         if entry.path in trusted and reason in ("unchanged", "mtime-only", "mode"):
             reason, flags = "event", ">f.st......"  # the watcher saw it change: trust that
         if reason == "unchanged":
@@ -414,6 +460,9 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
             record = FileResult(path, "send", reason, entry.size, flags=flags)
             files.append(record)
             plan.sends.append(Send(entry, record, *place(folder), mode))
+            if entry.mtime_ns < 0:
+                # SCP's T record cannot carry a time before 1970: set it after.
+                plan.touches.append((touch_stamp(entry.mtime_ns), path))
 
     if delete and mapping.is_dir:
         # Parents first. A path is extraneous only inside a folder that
@@ -464,8 +513,17 @@ def unsafe_for_delete(mapping: Mapping, home: str | None = None) -> str | None:
 
 
 def _owner_differs(mapping: Mapping, there: RemoteEntry) -> bool:
-    return bool((mapping.owner and mapping.owner not in (there.owner, "")) or
-                (mapping.group and mapping.group not in (there.group, "")))
+    # A numeric owner ("1") matches the listing's number as well as its name.
+    return bool((mapping.owner and mapping.owner not in (there.owner, there.uid, "")) or
+                (mapping.group and mapping.group not in (there.group, there.gid, "")))
+
+
+def _dir_mode_differs(remote: int, local: int) -> bool:
+    """A folder's setgid bit survives a numeric chmod (GNU, BusyBox): unless
+    the local folder has it, a remote one that has it is not a difference."""
+    if not local & stat.S_ISGID:
+        remote &= ~stat.S_ISGID
+    return remote != local
 
 
 def chown_spec(mapping: Mapping) -> str | None:
@@ -475,7 +533,8 @@ def chown_spec(mapping: Mapping) -> str | None:
     return (mapping.owner or "") + (":" + mapping.group if mapping.group else "")
 
 
-def _compare_file(entry: LocalEntry, there: RemoteEntry | None, compare: str, mode: int) -> tuple[str, str]:
+def _compare_file(entry: LocalEntry, there: RemoteEntry | None, compare: str, mode: int,
+                  trees: "LocalTrees | None" = None) -> tuple[str, str]:
     """(reason, itemize flags) for one local file against its remote twin."""
     if there is None:
         return "new", NEW_FILE
@@ -486,7 +545,7 @@ def _compare_file(entry: LocalEntry, there: RemoteEntry | None, compare: str, mo
     mode_differs = there.mode != mode
     if compare == "checksum":
         try:
-            content_differs = size_differs or there.sha256 != sha256_file(entry.path)
+            content_differs = size_differs or there.sha256 != (trees.sha256(entry) if trees else sha256_file(entry.path))
         except OSError:
             content_differs = True  # unreadable now: sending it will say why
     else:
@@ -508,8 +567,8 @@ def _compare_file(entry: LocalEntry, there: RemoteEntry | None, compare: str, mo
 
 
 def plan_host(token: str, mappings: list[Mapping], listing: Listing, trees: LocalTrees, *, compare: str,
-              delete: bool, warn, trusted: frozenset = frozenset()) -> HostPlan:
+              delete: bool, warn, trusted: frozenset = frozenset(), remote_links: str = "refuse") -> HostPlan:
     plans = [plan_mapping(m, listing, trees, compare=compare, delete=delete, warn=warn, token=token,
-                          trusted=trusted)
+                          trusted=trusted, remote_links=remote_links)
              for m in mappings]
     return HostPlan(token=token, mappings=plans, stale=list(listing.stale))

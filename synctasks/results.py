@@ -100,6 +100,12 @@ class HostResult(_Tally):
     seconds: float = 0.0
     #: True when nothing was changed on purpose (--dry-run / plan).
     dry_run: bool = False
+    #: The remote backend that carried the plan out: "shell" (sh + SCP) or
+    #: "sftp" (pure SFTP); "" if the host was never reached.
+    backend: str = ""
+    #: Things the user should know about how the host was synced (e.g. no
+    #: atomic rename on this SFTP server).
+    notes: list[str] = field(default_factory=list)
 
     def _all(self) -> list[FileResult]:
         return [f for m in self.mappings for f in m.files]
@@ -127,6 +133,7 @@ class HostResult(_Tally):
         return {"host": self.host, "ok": self.ok, "changed": self.changed, "error": self.first_error,
                 "sent": self.sent, "skipped": self.skipped, "deleted": self.deleted, "failed": self.failed,
                 "bytes": self.bytes, "seconds": round(self.seconds, 3), "dry_run": self.dry_run,
+                "backend": self.backend, "notes": list(self.notes),
                 "mappings": [m.to_dict() for m in self.mappings]}
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import constants as K
-from .connection import apply_host_key_policy, build_connection, open_connection
+from .connection import build_connection, open_connection, verify_host_key
 from .errors import InputError, SyncFailed, SyncTasksError
 from .inputs import HostEntry, Inventory, Mapping, Settings, load_inventory, resolve_mapping
 from .logger import add_secret, get_logger, redact
@@ -42,7 +42,7 @@ def options_from(settings: Settings | None, **flags: Any) -> SyncOptions:
     base = SyncOptions()
     if settings is not None:
         base = SyncOptions(compare=settings.compare, delete=settings.delete, protocol=settings.protocol,
-                           symlinks=settings.symlinks, exclude=settings.exclude, io_timeout=settings.io_timeout)
+                           symlinks=settings.symlinks, remote_links=settings.remote_links, exclude=settings.exclude, io_timeout=settings.io_timeout)
     delete = flags.get("delete")
     return replace(
         base,
@@ -89,11 +89,13 @@ def sync_host(c, mappings: Iterable[Mapping | dict], *, settings: Settings | Non
     resolved = _as_mappings(mappings, Path(base_dir or os.getcwd()), settings)
     if options is None:
         options = options_from(settings, **flags)
+    # Open or not, whoever opened it: the same host-key policy (c's own when
+    # no settings are given, else strict against ~/.ssh/known_hosts).
+    if settings is None:
+        verify_host_key(c, label=label)
+    else:
+        verify_host_key(c, settings.host_key_policy, settings.known_hosts, label=label)
     if not c.is_connected:
-        if settings is None:
-            apply_host_key_policy(c, "strict", None, label)
-        else:
-            apply_host_key_policy(c, settings.host_key_policy, settings.known_hosts, label)
         open_connection(c, label, settings.retries if settings else 0)
     if sudo_password is None:
         sudo_password = (getattr(c, "connect_kwargs", None) or {}).get("password")

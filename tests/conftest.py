@@ -4,6 +4,11 @@ One OpenSSH server (with SFTP) listens on 127.0.0.2-4, an SCP-only OpenSSH
 server (no Subsystem sftp line) on 127.0.0.5 and Dropbear on 127.0.0.6, all
 for the whole session. Each test gets its own project folder and its own
 "remote" folder (owned by the login user) to sync into.
+
+The host types of testing.testserver (BusyBox over OpenSSH and Dropbear,
+SFTP-only accounts, an scp-only account) each have a server of their own on
+127.0.0.40-45 (connection_info.json keys hosts by address; test_faults uses
+.10 and .20-35), started on first use and kept for the session.
 """
 
 from __future__ import annotations
@@ -18,12 +23,18 @@ from pathlib import Path
 import pytest
 
 from synctasks import cli
-from synctasks.testserver import TestServer, loopback_addresses, make_client_key
+from testing.testserver import RemoteDir, TestServer, loopback_addresses, make_client_key
 
 MAIN_HOSTS = loopback_addresses(3)  # 127.0.0.2-4
 SCP_ONLY_HOST = "127.0.0.5"
 DROPBEAR_HOST = "127.0.0.6"
 UNREACHABLE_HOST = "127.0.0.9"  # nothing listens there
+BUSYBOX_HOST = "127.0.0.40"
+DROPBEAR_BUSYBOX_HOST = "127.0.0.41"
+SFTP_ONLY_HOST = "127.0.0.42"
+SFTP_CHROOT_HOST = "127.0.0.43"
+SFTP_SERVER_HOST = "127.0.0.44"
+SCP_ONLY_ACCOUNT_HOST = "127.0.0.45"
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +70,84 @@ def dropbear_server(server_root, client_key, server):
     with TestServer(server_root / "dropbear", addresses=[DROPBEAR_HOST], kind="dropbear", client_key=client_key,
                     password=server.password) as srv:
         yield srv
+
+
+def _host_type_server(server_root, client_key, name, address, host_type, kind="openssh"):
+    with TestServer(server_root / name, addresses=[address], kind=kind, host_type=host_type,
+                    client_key=client_key) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def busybox_server(server_root, client_key):
+    """BusyBox userland over OpenSSH (Alpine-like): user synctasks-bb."""
+    yield from _host_type_server(server_root, client_key, "busybox", BUSYBOX_HOST, "busybox")
+
+
+@pytest.fixture(scope="session")
+def dropbear_busybox_server(server_root, client_key):
+    """BusyBox userland over Dropbear (OpenWrt-like): user synctasks-bb."""
+    yield from _host_type_server(server_root, client_key, "dropbear-busybox", DROPBEAR_BUSYBOX_HOST, "busybox",
+                                 kind="dropbear")
+
+
+@pytest.fixture(scope="session")
+def sftp_only_server(server_root, client_key):
+    """ForceCommand internal-sftp."""
+    yield from _host_type_server(server_root, client_key, "sftp-only", SFTP_ONLY_HOST, "sftp-only")
+
+
+@pytest.fixture(scope="session")
+def sftp_chroot_server(server_root, client_key):
+    """ForceCommand internal-sftp in a ChrootDirectory (remote_dir() is inside it)."""
+    yield from _host_type_server(server_root, client_key, "sftp-chroot", SFTP_CHROOT_HOST, "sftp-chroot")
+
+
+@pytest.fixture(scope="session")
+def sftp_server_server(server_root, client_key):
+    """ForceCommand /usr/lib/openssh/sftp-server."""
+    yield from _host_type_server(server_root, client_key, "sftp-server", SFTP_SERVER_HOST, "sftp-server")
+
+
+@pytest.fixture(scope="session")
+def scp_only_account_server(server_root, client_key):
+    """An rssh/scponly-like account: only `scp -t` / `scp -f` run."""
+    yield from _host_type_server(server_root, client_key, "scp-only-account", SCP_ONLY_ACCOUNT_HOST, "scp-only")
+
+
+class HostCase:
+    """One host type under test: its server, the address to sync to, and a
+    fresh remote folder (``remote.real`` on disk, ``remote.seen`` in dests)."""
+
+    def __init__(self, name: str, srv: TestServer, address: str):
+        self.name = name
+        self.server = srv
+        self.address = address
+        self.remote: RemoteDir = srv.remote_dir()
+
+    def __repr__(self) -> str:
+        return f"HostCase({self.name}, {self.address}:{self.server.port}, {self.server.kind}/{self.server.host_type})"
+
+
+#: host type -> (server fixture, address): what the host-type tests run on.
+HOST_TYPE_SERVERS = {
+    "gnu": ("server", MAIN_HOSTS[0]),
+    "gnu-scp-only-server": ("scp_only_server", SCP_ONLY_HOST),
+    "dropbear-gnu": ("dropbear_server", DROPBEAR_HOST),
+    "busybox": ("busybox_server", BUSYBOX_HOST),
+    "dropbear-busybox": ("dropbear_busybox_server", DROPBEAR_BUSYBOX_HOST),
+    "sftp-only": ("sftp_only_server", SFTP_ONLY_HOST),
+    "sftp-chroot": ("sftp_chroot_server", SFTP_CHROOT_HOST),
+    "sftp-server": ("sftp_server_server", SFTP_SERVER_HOST),
+    "scp-only-account": ("scp_only_account_server", SCP_ONLY_ACCOUNT_HOST),
+}
+
+
+@pytest.fixture
+def host_case(request):
+    """Parametrize indirectly with a HOST_TYPE_SERVERS key."""
+    fixture, address = HOST_TYPE_SERVERS[request.param]
+    return HostCase(request.param, request.getfixturevalue(fixture), address)
 
 
 # One file per test session: sessions side by side never remove each other's.
@@ -178,3 +267,18 @@ def tree_state(root: Path) -> dict[str, tuple]:
 
 def without_inodes(state: dict) -> dict:
     return {k: v[:4] for k, v in state.items()}
+
+
+def leftover_name() -> str:
+    """The staging folder name of a run of this machine that has ended: what
+    a cut run leaves (node and PID as the remote script makes them)."""
+    import re
+    import socket
+    import subprocess
+
+    node = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+    pid = subprocess.Popen(["true"])
+    pid.wait()
+    from synctasks.constants import STAGING_PREFIX
+
+    return f"{STAGING_PREFIX}{node}-{pid.pid}-{'0123456789abcdef'}"

@@ -16,8 +16,8 @@ import pytest
 from conftest import MAIN_HOSTS, give, tree_state
 
 from synctasks.constants import STAGING_PREFIX
-from synctasks.testproxy import TcpProxy
-from synctasks.testserver import TestServer, loopback_addresses
+from testing.testproxy import TcpProxy
+from testing.testserver import TestServer, loopback_addresses
 
 BIN = Path(sys.executable).parent
 
@@ -160,7 +160,7 @@ def test_unwritable_dest_fails_that_mapping_only(project, server, remote, capsys
                                              {"src": "site", "dest": f"{remote}/open"}])
     status, out, _ = project.run(capsys=capsys)
     assert status == 1
-    assert f"cannot write into {locked}: Permission denied" in out
+    assert f"{locked} is not writable by {server.user}" in out
     assert (remote / "open/a").read_text() == "a"
     assert list(locked.iterdir()) == []
 

@@ -7,7 +7,7 @@ import os
 import pwd
 
 import pytest
-from conftest import MAIN_HOSTS
+from conftest import MAIN_HOSTS, give
 
 from synctasks import inputs
 
@@ -83,3 +83,70 @@ def test_password_never_leaves_a_trace(project, server, remote, capsys, monkeypa
         for text in texts:
             assert secret not in text
     assert json.loads(report.read_text())["hosts"][1]["error"].startswith("login refused")
+
+
+def all_output(project, out, err, report=None) -> list[str]:
+    texts = [out, err] + [p.read_text(errors="replace") for p in (project.root / "logs").iterdir()]
+    return texts + ([report.read_text()] if report else [])
+
+
+def test_secret_forced_into_messages_is_masked_everywhere(project, server, remote, server_root, capsys):
+    """The secret reaches messages (an auth error naming it, a remote error
+    echoing it); it must be masked on the console, in both logs and the report."""
+    project.file("site/a", "a")
+    # The password pasted into "user" as well: the auth error names the user.
+    swapped = project.add_host(server, MAIN_HOSTS[1], [{"src": "site", "dest": f"{remote}/no"}], auth="password")
+    swapped["user"] = swapped["passkey"] = "Pasted-Secret-Value"
+    # A dest holding the (right) password under a folder the user cannot write:
+    # the remote error echoes the path.
+    locked = server_root / "locked-root-only"
+    locked.mkdir(exist_ok=True)
+    locked.chmod(0o755)
+    project.add_host(server, MAIN_HOSTS[0], [{"src": "site", "dest": f"{locked}/{server.password}/x"}],
+                     auth="password")
+    report = project.root / "report.json"
+    status, out, err = project.run("--verbose", "--json", str(report), capsys=capsys)
+    assert status == 1
+    texts = all_output(project, out, err, report)
+    for secret in (server.password, "Pasted-Secret-Value"):
+        for text in texts:
+            assert secret not in text
+    info, error = (project.root / "logs/info.log").read_text(), (project.root / "logs/error.log").read_text()
+    for text in (info, error, err):
+        assert "login refused for user '********'" in text
+        assert f"{locked}/********" in text  # the remote error, masked
+
+
+def test_hostile_remote_names_are_escaped_in_every_output(project, server, remote, capsys):
+    hostile = "x\n\x1b]0;PWNED\x07\x1b[2J"
+    project.file("site/keep.txt", "k")
+    dest = remote / "www"
+    (dest / "sub").mkdir(parents=True)
+    (dest / hostile).write_text("planted")
+    (dest / "sub" / hostile).write_text("planted")
+    give(server, dest)
+    project.add_host(server, MAIN_HOSTS[0], [{"src": "site", "dest": str(dest)}])
+    status, out, err = project.run("--delete", "--verbose", capsys=capsys)
+    assert status == 0
+    texts = all_output(project, out, err)
+    for text in texts:
+        assert "\x1b" not in text and "\x07" not in text and "PWNED\n" not in text
+        assert not any(line.startswith("\x1b]0;PWNED") for line in text.splitlines())
+    for text in (err, (project.root / "logs/info.log").read_text(), (project.root / "logs/error.log").read_text()):
+        assert f"{dest}/x\\n\\x1b]0;PWNED\\x07\\x1b[2J" in text  # named, escaped
+
+
+def test_non_utf8_local_names_keep_their_log_records(project, server, remote, capsys):
+    site = project.root / "site"
+    site.mkdir(parents=True)
+    (site / "ok.txt").write_text("ok")
+    os.mkfifo(os.fsencode(site) + b"/fifo-caf\xe9")  # skipped with a warning naming it
+    os.symlink("ok.txt", os.fsencode(site) + b"/link-\xff")
+    project.config["sync"]["symlinks"] = "skip"
+    project.add_host(server, MAIN_HOSTS[0], [{"src": "site", "dest": f"{remote}/www"}])
+    status, out, err = project.run(capsys=capsys)
+    assert status == 0
+    assert "Logging error" not in err
+    for log in ("info.log", "error.log"):
+        text = (project.root / "logs" / log).read_text()
+        assert "fifo-caf\\xe9" in text and "link-\\xff" in text, text

@@ -53,7 +53,7 @@ def test_second_run_sends_nothing_and_keeps_inodes(project, target, remote, caps
     dest = remote / "www"
     project.add_host(srv, address, [{"src": "site", "dest": str(dest)}])
     status, rep, _ = report(project, capsys=capsys)
-    assert status == 0 and rep["hosts"][0]["sent"] == 6 and rep["changed"] is True
+    assert status == 0 and rep["hosts"][0]["sent"] == 6 and rep["changed"] is True, rep["hosts"][0]["error"]
     before = tree_state(dest)
     status, rep, out = report(project, capsys=capsys)
     assert status == 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import MAIN_HOSTS
 
-from synctasks.testproxy import TcpProxy
+from testing.testproxy import TcpProxy
 
 BIN = Path(sys.executable).parent
 

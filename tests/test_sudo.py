@@ -48,7 +48,10 @@ def test_sudo_writes_where_the_login_user_cannot(project, server, sudo_rights, r
     assert status == 0 and target.stat().st_ino == info.st_ino
 
 
-def test_ownership_change_alone_is_a_chown(project, server, sudo_rights, root_dest, capsys):
+def test_ownership_change_alone_under_sudo_is_a_resend(project, server, sudo_rights, root_dest, capsys):
+    """As root, nothing is chowned (or chmodded, touched) in place, where a
+    link could be swapped in under us: the file is sent again, its owner set
+    in the staging folder, and renamed over."""
     project.file("conf/app.conf", "x\n")
     mapping = {"src": "conf/app.conf", "dest": f"{root_dest}/app.conf", "sudo": True}
     project.add_host(server, MAIN_HOSTS[0], [mapping], auth="password")
@@ -57,9 +60,9 @@ def test_ownership_change_alone_is_a_chown(project, server, sudo_rights, root_de
     mapping["group"] = "daemon"
     project.map(MAIN_HOSTS[0], [mapping])
     status, out, _ = project.run("--verbose", capsys=capsys)
-    assert status == 0 and ".f....og..." in out
+    assert status == 0 and ">f....og..." in out
     assert grp.getgrgid((root_dest / "app.conf").stat().st_gid).gr_name == "daemon"
-    assert (root_dest / "app.conf").stat().st_ino == inode
+    assert (root_dest / "app.conf").stat().st_ino != inode
 
 
 def test_key_login_with_separate_sudo_secret(project, server, sudo_rights, root_dest, monkeypatch):
@@ -91,4 +94,7 @@ def test_without_sudo_a_root_owned_dest_is_a_clear_failure(project, server, root
     project.file("conf/app.conf", "x\n")
     project.add_host(server, MAIN_HOSTS[0], [{"src": "conf/app.conf", "dest": f"{root_dest}/app.conf"}])
     status, out, _ = project.run(capsys=capsys)
-    assert status == 1 and f"cannot write into {root_dest}: Permission denied" in out
+    assert status == 1 and f'{root_dest} is not writable by {server.user}: set "sudo": true' in out
+    # The plan says so too, before anything is sent.
+    status, out, _ = project.run("--dry-run", capsys=capsys)
+    assert status == 1 and f'{root_dest} is not writable by {server.user}: set "sudo": true' in out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from conftest import MAIN_HOSTS, UNREACHABLE_HOST, tree_state, without_inodes
+from conftest import MAIN_HOSTS, UNREACHABLE_HOST, leftover_name, tree_state, without_inodes
 
 from synctasks.constants import STAGING_PREFIX
 
@@ -85,7 +85,7 @@ def test_file_replaced_atomically_keeps_no_temp(project, server, remote):
     target.write_text("old\n")
     os.chown(target.parent, *_owner(remote))
     # A leftover of a cut run: the next run removes it.
-    stale = target.parent / (STAGING_PREFIX + "deadbeef")
+    stale = target.parent / leftover_name()
     stale.mkdir()
     (stale / "app.conf").write_text("partial")
     os.chown(stale, *_owner(remote))
@@ -166,7 +166,7 @@ def test_permission_denied_dest_is_a_clear_failure(project, server, remote, caps
     project.add_host(server, MAIN_HOSTS[0], [{"src": "site", "dest": "/root/not-yours/site"}])
     status, out, _ = project.run(capsys=capsys)
     assert status == 1
-    assert "Permission denied" in out or "permission denied" in out.lower()
+    assert 'not writable by' in out and 'set "sudo": true' in out
     assert not os.path.exists("/root/not-yours")
 
 

@@ -1,6 +1,6 @@
-"""``python -m synctasks.demo``: a real sync in one command.
+"""``python -m testing.demo``: a real sync in one command.
 
-Starts the throwaway OpenSSH server of :mod:`synctasks.testserver` on
+Starts the throwaway OpenSSH server of :mod:`testing.testserver` on
 127.0.0.2-4 (three "hosts"), writes a demo project (config.ini,
 connection_info.json, hosts/*.json and a small site) under .demo/, then runs
 ``fab sync`` twice: the first run sends everything, the second sends nothing.

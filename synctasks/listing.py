@@ -1,0 +1,166 @@
+"""The remote state of a host's dests, as a backend reports it.
+
+Backends fill a :class:`Listing` (the shell backend by parsing its script's
+NUL-separated records, the SFTP backend from lstat/readdir); planning reads
+it and never talks to a host.
+"""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass, field
+
+from .constants import STAGING_PREFIX
+
+
+def staging_name(token: str) -> str:
+    return STAGING_PREFIX + token
+
+
+@dataclass(slots=True)
+class RemoteEntry:
+    kind: str  #: find's %y: f, d, l, p, s, c, b
+    mode: int
+    size: int
+    mtime: int  #: whole seconds
+    link: str = ""
+    sha256: str | None = None
+    owner: str = ""
+    group: str = ""
+    uid: str = ""  #: numeric, as text (owner may be given as a number)
+    gid: str = ""
+
+
+@dataclass
+class Listing:
+    token: str = ""  #: the run's token as the script made it (<node>-<pid>-<random>)
+    home: str = ""
+    method: str = ""  #: how the host listed: gnu (find -printf), statc, statf, sftp
+    #: dest -> {absolute path -> entry}
+    entries: dict[str, dict[str, RemoteEntry]] = field(default_factory=dict)
+    #: leftovers of cut runs (staging folders), to remove
+    stale: list[str] = field(default_factory=list)
+    #: dest -> staging folders of a run in progress there (another synctasks)
+    active: dict[str, list[str]] = field(default_factory=dict)
+    #: remote paths the listing method could not carry (a newline in a name)
+    unlisted: list[str] = field(default_factory=list)
+    #: the login user as the host names it
+    user: str = ""
+    #: dest -> its link target, for dests that are symlinks (listed through them)
+    dest_links: dict[str, str] = field(default_factory=dict)
+    #: the host has perl (a whole commit renamed by one process)
+    perl: bool = False
+    #: dest -> the folder where its work lands, when the listing user cannot write it
+    unwritable: dict[str, str] = field(default_factory=dict)
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _seconds(raw: bytes) -> int:
+    """Whole seconds, rounded down (pre-1970 times too: -1.5 is -2)."""
+    if raw[:1] != b"-":
+        return int(raw.partition(b".")[0])
+    whole, _, fraction = raw.partition(b".")
+    seconds = int(whole)
+    if whole.startswith(b"-") and fraction.strip(b"0"):
+        seconds -= 1
+    return seconds
+
+
+_KINDS = {stat.S_IFDIR: "d", stat.S_IFREG: "f", stat.S_IFLNK: "l", stat.S_IFIFO: "p", stat.S_IFSOCK: "s",
+          stat.S_IFCHR: "c", stat.S_IFBLK: "b"}
+
+
+def kind_of(mode: int) -> str:
+    return _KINDS.get(stat.S_IFMT(mode), "?")
+
+
+def parse_listing(data: bytes) -> Listing:
+    """Parse the NUL-separated listing (everything before the ``Z`` record).
+
+    Entries come as ``E`` (GNU find -printf; link, owner and group follow as
+    records of their own), ``F`` (``stat -c``: hex mode) or ``G`` (BSD
+    ``stat -f``: octal mode), link targets as ``K`` records for the stat
+    methods, checksums as sha256sum lines.
+    """
+    from .errors import RemoteError
+
+    listing = Listing()
+    records = data.split(b"\0")
+    current: dict[str, RemoteEntry] | None = None
+    dest = ""
+    names: dict[tuple, tuple] = {}
+    i = 0
+    while i < len(records):
+        record = records[i]
+        i += 1
+        if not record:
+            continue
+        tag = record[:1]
+        if tag == b"T":
+            listing.token = _text(record[1:])
+        elif tag == b"H":
+            listing.home = _text(record[1:])
+        elif tag == b"L":
+            listing.method = _text(record[1:])
+        elif tag == b"X":
+            raise RemoteError(_text(record[1:]))
+        elif tag == b"M":
+            dest = _text(record[1:])
+            current = listing.entries.setdefault(dest, {})
+        elif tag in (b"S", b"A"):
+            path = _text(record[1:])
+            # Sent back as a line: a name with a newline would split in two.
+            if path.startswith("/") and "\n" not in path:
+                if tag == b"S":
+                    listing.stale.append(path)
+                else:
+                    listing.active.setdefault(dest, []).append(path)
+        elif tag == b"P":
+            listing.perl = record[1:] == b"perl"
+        elif tag == b"Y":
+            listing.dest_links[dest] = _text(record[1:])
+        elif tag == b"U":
+            listing.user = _text(record[1:])
+        elif tag == b"W":
+            if record[1:2] == b"0":
+                listing.unwritable[dest] = _text(record[2:])
+        elif tag == b"N":
+            listing.unlisted.append(_text(record[1:]))
+        elif tag == b"E":
+            # Group names may hold spaces ("domain users"): own records.
+            # Owners, groups and modes repeat: decoded once each.
+            link, owner, group = records[i:i + 3] if i + 3 <= len(records) else (records[i:] + [b"", b"", b""])[:3]
+            i += 3
+            kind, mode, size, mtime, uid, gid, path = record[1:].split(b" ", 6)
+            key = (kind, mode, owner, group, uid, gid)
+            shared = names.get(key)
+            if shared is None:
+                shared = names[key] = (kind.decode(), int(mode, 8), _text(owner), _text(group), uid.decode(),
+                                       gid.decode())
+            current[_text(path)] = RemoteEntry(shared[0], shared[1], int(size), _seconds(mtime),
+                                               _text(link) if link else "", None, shared[2], shared[3],
+                                               shared[4], shared[5])
+        elif tag in (b"F", b"G"):
+            mode, size, mtime, owner, group, uid, gid, path = record[1:].split(b"/", 7)
+            raw = int(mode, 16 if tag == b"F" else 8)
+            kind = kind_of(raw)
+            current[_text(path)] = RemoteEntry(kind=kind, mode=stat.S_IMODE(raw), size=int(size) if kind == "f" else 0,
+                                               mtime=_seconds(mtime), owner=_text(owner), group=_text(group),
+                                               uid=uid.decode(), gid=gid.decode())
+        elif tag == b"K":
+            target = records[i] if i < len(records) else b""
+            i += 1
+            entry = current.get(_text(record[1:])) if current is not None else None
+            if entry is not None:
+                entry.link = _text(target)
+        elif tag == b"Z":
+            break  # the end record (Z<token>)
+        elif len(record) > 66 and record[64:66] == b"  ":
+            path = _text(record[66:])
+            entry = current.get(path) if current is not None else None
+            if entry is not None:
+                entry.sha256 = record[:64].decode()
+    return listing

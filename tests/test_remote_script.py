@@ -1,0 +1,124 @@
+"""The remote script itself (synctasks/backends/remote.sh), run under the
+shells hosts have (dash, BusyBox ash) on this machine, as root: the defences
+that keep root's operations where they belong, and its lint."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from synctasks.backends.shell import SCRIPT, Ops
+from synctasks.constants import STAGING_PREFIX
+
+HERE = Path(__file__).resolve().parent.parent
+TOKEN = "node-1-0123456789abcdef"
+BUSYBOX = shutil.which("busybox")
+
+
+def test_shellcheck_passes():
+    done = subprocess.run(["shellcheck", "-s", "sh", str(HERE / "synctasks/backends/remote.sh")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout
+
+
+@pytest.fixture(params=["dash", "busybox"])
+def shell(request, tmp_path):
+    if request.param == "dash":
+        return ["/bin/sh"], os.environ["PATH"]
+    applets = tmp_path / "bb"
+    applets.mkdir()
+    for name in subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True).stdout.split():
+        (applets / name).symlink_to(BUSYBOX)
+    return [str(applets / "sh")], str(applets)
+
+
+def run_ops(shell, build) -> list[tuple[str, int, str]]:
+    """Run the script in ops mode on the operations ``build(ops)`` adds:
+    [(op, status, its error output)]."""
+    argv, path = shell
+    ops = Ops(TOKEN)
+    build(ops)
+    ops.quit()
+    done = subprocess.run(argv + ["-c", SCRIPT, "sh", "ops"], input=(TOKEN + "\n").encode() + ops.take(),
+                          capture_output=True, env={"PATH": path}, timeout=30)
+    out = done.stdout.decode("utf-8", "replace")
+    assert out.startswith("I\0"), (out, done.stderr)
+    found = re.findall(r"(.*?)\n@@" + re.escape(TOKEN) + r"@@ (\w+) (\d+)[^\n]*\n", out[2:], re.S)
+    return [(op, int(status), text.strip()) for text, op, status in found]
+
+
+@pytest.fixture
+def scene(tmp_path):
+    """A dest anyone could write (others' links planted in it) and a
+    root-only folder holding a secret."""
+    dest = tmp_path / "www"
+    dest.mkdir()
+    dest.chmod(0o777)
+    private = tmp_path / "root-only"
+    private.mkdir(mode=0o700)
+    (private / "secret").write_text("s3cret")
+    (private / "secret").chmod(0o600)
+    return dest, private
+
+
+def test_planted_staging_link_is_neither_used_nor_moved_from(shell, scene):
+    """Another user links this run's staging name to a root-only folder: the
+    staging folder is refused (made exclusively, entered and checked), and a
+    move by name never takes files out of the linked folder."""
+    dest, private = scene
+    (dest / (STAGING_PREFIX + TOKEN)).symlink_to(private)
+    answers = run_ops(shell, lambda ops: (ops.mkstage((str(dest), "")), ops.mv((str(dest), ""), ["secret"])))
+    assert [(op, status) for op, status, _ in answers] == [("mkstage", 1), ("mv", 1), ("q", 0)]
+    assert "not ours" in answers[1][2]
+    assert (private / "secret").read_text() == "s3cret"
+    assert not (dest / "secret").exists()
+
+
+def test_a_folder_swapped_for_a_link_below_dest_is_not_entered(shell, scene):
+    dest, private = scene
+    (dest / "sub").symlink_to(private)
+    answers = run_ops(shell, lambda ops: (ops.rm((str(dest), "sub"), ["secret"]),
+                                          ops.chmod(0o777, (str(dest), "sub"), ["secret"]),
+                                          ops.touch("200001010000.00", (str(dest), "sub"), ["secret"])))
+    assert [(op, status) for op, status, _ in answers][:3] == [("rm", 1), ("chmod", 1), ("touch", 1)]
+    assert "symlink" in answers[0][2]
+    assert (private / "secret").stat().st_mode & 0o777 == 0o600
+    assert (private / "secret").read_text() == "s3cret"
+
+
+def test_chmod_and_touch_never_follow_a_link_in_dest(shell, scene):
+    dest, private = scene
+    (dest / "file").symlink_to(private / "secret")
+    before = (private / "secret").stat()
+    answers = run_ops(shell, lambda ops: (ops.chmod(0o666, (str(dest), ""), ["file"]),
+                                          ops.touch("200001010000.00", (str(dest), ""), ["file"])))
+    assert [(op, status) for op, status, _ in answers][:2] == [("chmod", 1), ("touch", 1)]
+    after = (private / "secret").stat()
+    assert (after.st_mode, after.st_mtime_ns) == (before.st_mode, before.st_mtime_ns)
+
+
+def test_own_staging_folder_moves_by_name_only(shell, scene):
+    """What the run did not send stays in the staging folder (and goes with
+    it): only the names given move."""
+    dest, _ = scene
+    answers = run_ops(shell, lambda ops: ops.mkstage((str(dest), "")))
+    assert answers[0][:2] == ("mkstage", 0)
+    staging = dest / (STAGING_PREFIX + TOKEN)
+    (staging / "sent").write_text("new")
+    (staging / "planted").write_text("not ours")
+    answers = run_ops(shell, lambda ops: (ops.mv((str(dest), ""), ["sent"]),
+                                          ops.rm((str(dest), ""), [staging.name])))
+    assert [(op, status) for op, status, _ in answers] == [("mv", 0), ("rm", 0), ("q", 0)]
+    assert sorted(p.name for p in dest.iterdir()) == ["sent"]
+
+
+def test_token_must_look_like_one(shell):
+    argv, path = shell
+    done = subprocess.run(argv + ["-c", SCRIPT, "sh", "ops"], input=b"$(touch /tmp/x)\n", capture_output=True,
+                          env={"PATH": path}, timeout=30)
+    assert done.returncode == 3 and done.stdout == b"I\0"
