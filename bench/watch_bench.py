@@ -40,8 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from synctasks.testproxy import TcpProxy  # noqa: E402
-from synctasks.testserver import TestServer, loopback_addresses  # noqa: E402
+from testing.testproxy import TcpProxy  # noqa: E402
+from testing.testserver import TestServer, loopback_addresses  # noqa: E402
 
 BIN = Path(sys.executable).parent
 HOSTS = loopback_addresses(3)

@@ -21,7 +21,7 @@ from conftest import MAIN_HOSTS, give
 from synctasks.constants import STAGING_PREFIX
 from synctasks.inputs import Mapping, load_inventory
 from synctasks.runner import options_from
-from synctasks.testproxy import TcpProxy
+from testing.testproxy import TcpProxy
 from synctasks.watch import ADDED, DELETED, MODIFIED, RoundTrees, WatchSession, plan_round
 
 BIN = Path(sys.executable).parent
