@@ -253,7 +253,7 @@ def plan_round(mapping: Mapping, changes: dict[str, int], *, delete: bool, globa
     def covered(rel: str) -> bool:
         while rel:
             rel = _parent(rel)
-            if rel in trees or (not rel and "" in trees):
+            if rel in trees:
                 return True
         return False
 
@@ -431,63 +431,86 @@ class _HostWorker(threading.Thread):
     # -- the loop ------------------------------------------------------
     def run(self) -> None:
         stop = self.session.stop
-        backoff = BACKOFF_START
-        full = "initial"  # the kind of full sync owed, or None
-        down_since: float | None = None
+        self.backoff = BACKOFF_START
+        #: the kind of full sync owed (initial, resync), or None
+        self.full: str | None = "initial"
+        #: since when the host is unreachable (None: it is not)
+        self.down_since: float | None = None
         try:
             while not stop.is_set():
-                if not self.connected:
-                    self.close()
-                    self.stats.state = "connecting" if full == "initial" and down_since is None else "down"
-                    try:
-                        self._connect()
-                    except (AuthError, HostKeyError) as exc:
-                        self._fatal(exc)
+                try:
+                    if not self._step():
                         return
-                    except Exception as exc:
-                        self.stats.error = redact(_plain(exc, self.host.name))
-                        if down_since is None:
-                            down_since = time.monotonic()
-                        self.log.warning("%s; trying again in %.1fs", self.stats.error, backoff)
-                        stop.wait(backoff)
-                        backoff = min(backoff * 2, BACKOFF_MAX)
-                        continue
-                    if down_since is not None and full != "initial":
-                        self.stats.reconnects += 1
-                        self.log.info("reconnected after %.1fs", time.monotonic() - down_since)
-                    down_since = None
-                if full:
-                    # A normal incremental sync of every mapping, trusting
-                    # whatever changed while it could not be sent.
-                    if self._round(full, self._take(), whole=True):
-                        full, backoff = None, BACKOFF_START
-                        self.stats.state = "watching"
-                    else:
-                        if full != "initial":
-                            down_since = down_since or time.monotonic()
-                        stop.wait(backoff)
-                        backoff = min(backoff * 2, BACKOFF_MAX)
-                    continue
-                with self.cond:
-                    if not self.pending and not stop.is_set():
-                        self.cond.wait(LIVENESS)
-                    has_work = bool(self.pending)
-                if stop.is_set():
-                    break
-                if has_work:
-                    if not self._round("round", self._take()):
-                        full = "resync"
-                        down_since = down_since or time.monotonic()
-                        stop.wait(backoff)
-                        backoff = min(backoff * 2, BACKOFF_MAX)
-                elif not self.connected:
-                    self.log.warning("connection lost; reconnecting")
-                    down_since = time.monotonic()
-                    full = "resync"
+                except Exception:  # a bug must not silently end this host's watch
+                    self.log.exception("unexpected error; going on after %.1fs", self.backoff)
+                    self.close()
+                    self.full = self.full or "resync"
+                    self._pause()
         finally:
             if not self.stats.fatal:
                 self.stats.state = "stopped"
             self.close()
+
+    def _pause(self) -> None:
+        """Wait before trying again (backoff: 0.5 s doubling up to BACKOFF_MAX)."""
+        self.session.stop.wait(self.backoff)
+        self.backoff = min(self.backoff * 2, BACKOFF_MAX)
+
+    def _step(self) -> bool:
+        """Connect, or run the full sync owed, or wait for events and run a
+        round. False: this host is out of the watch for good."""
+        stop = self.session.stop
+        if not self.connected:
+            self.close()
+            self.stats.state = "connecting" if self.full == "initial" and self.down_since is None else "down"
+            try:
+                self._connect()
+            except (AuthError, HostKeyError) as exc:
+                self._fatal(exc)
+                return False
+            except Exception as exc:
+                error = redact(_plain(exc, self.host.name))
+                # Once per outage in the logs' warnings; each try at debug level.
+                if self.down_since is None or error != self.stats.error:
+                    self.log.warning("%s; trying again every %.0fs or less", error, BACKOFF_MAX)
+                else:
+                    self.log.debug("%s; trying again in %.1fs", error, self.backoff)
+                self.stats.error = error
+                self.down_since = self.down_since or time.monotonic()
+                self._pause()
+                return True
+            if self.down_since is not None and self.full != "initial":
+                self.stats.reconnects += 1
+                self.log.warning("reconnected after %.1fs; syncing what changed meanwhile",
+                                 time.monotonic() - self.down_since)
+            self.down_since = None
+        if self.full:
+            # A normal incremental sync of every mapping, trusting whatever
+            # changed while it could not be sent.
+            if self._round(self.full, self._take(), whole=True):
+                self.full, self.backoff = None, BACKOFF_START
+                self.stats.state = "watching"
+            else:
+                if self.full != "initial":
+                    self.down_since = self.down_since or time.monotonic()
+                self._pause()
+            return True
+        with self.cond:
+            if not self.pending and not stop.is_set():
+                self.cond.wait(LIVENESS)
+            has_work = bool(self.pending)
+        if stop.is_set():
+            return True
+        if has_work:
+            if not self._round("round", self._take()):
+                self.full = "resync"
+                self.down_since = self.down_since or time.monotonic()
+                self._pause()
+        elif not self.connected:
+            self.log.warning("connection lost; reconnecting")
+            self.down_since = time.monotonic()
+            self.full = "resync"
+        return True
 
     def _fatal(self, exc: Exception) -> None:
         self.stats.error = redact(_plain(exc, self.host.name))
@@ -980,7 +1003,7 @@ def add_parser(commands) -> None:
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                    help="gitignore-style pattern never sent (repeatable; adds to [sync] exclude)")
     p.add_argument("--json", dest="json_path", metavar="PATH", help="append one JSON object per round (JSON Lines)")
-    p.add_argument("--debounce", type=int, default=DEBOUNCE_MS, metavar="MS",
+    p.add_argument("--debounce", type=lambda v: max(STEP_MS, int(v)), default=DEBOUNCE_MS, metavar="MS",
                    help=f"longest time events are gathered into one round (default {DEBOUNCE_MS})")
     p.add_argument("--quiet", action="store_true", help="print only errors and the final summary")
     p.add_argument("--verbose", action="store_true", help="also print every round and each changed file")
