@@ -303,3 +303,27 @@ def test_the_inotify_watch_limit_gets_a_clear_message(project, server, remote, c
     assert status == 2
     assert "sysctl fs.inotify.max_user_watches=" in err
     assert not (remote / "site").exists()  # nothing was sent
+
+
+def test_fab_watch_runs_and_stops_on_sigint(project, server, remote):
+    project.file("site/a.txt", "a")
+    project.add_host(server, MAIN_HOSTS[0], [{"src": "site", "dest": f"{remote}/site"}])
+    project.write()
+    report = project.root / "rounds.jsonl"
+    repo = Path(__file__).resolve().parent.parent  # where fabfile.py is
+    argv = [str(BIN / "fab"), "-r", str(repo), "watch", "--config", str(project.config_path), "--json",
+            str(report)]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: report.exists() and '"initial"' in report.read_text(), timeout=30, what="the first sync")
+        (project.root / "site/b.txt").write_text("b")
+        wait_for(lambda: (remote / "site/b.txt").exists(), what="a round")
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, (out, err)
+    assert "watch stopped (SIGINT)" in out
+    kinds = [json.loads(line)["kind"] for line in report.read_text().splitlines()]
+    assert kinds[0] == "initial" and "round" in kinds
