@@ -251,6 +251,7 @@ class Lsyncd(Tool):
 def case_latency(tool: Tool, src: Path, dests: Dests, edits: int) -> dict:
     target = src / "edit.txt"
     latencies = []
+    mark = tool.mark()
     for _ in range(edits):
         data = os.urandom(4096)
         started = time.perf_counter()
@@ -261,7 +262,11 @@ def case_latency(tool: Tool, src: Path, dests: Dests, edits: int) -> dict:
             raise SystemExit(f"{tool.name}: an edit did not arrive within 60 s")
         latencies.append(done - started)
         time.sleep(0.05)
-    return {"median": statistics.median(latencies), "p95": pct(latencies, 0.95), "max": max(latencies)}
+    found = {"median": statistics.median(latencies), "p95": pct(latencies, 0.95), "max": max(latencies)}
+    if isinstance(tool, Synctasks):  # how much of it the rounds themselves took
+        rounds = [r["ms"] / 1000 for r in tool.records()[mark:] if r["kind"] == "round"]
+        found["round_median"] = statistics.median(rounds) if rounds else None
+    return found
 
 
 def checkout(src: Path, files: int, salt: str) -> dict[str, bytes]:
