@@ -15,14 +15,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
-from conftest import MAIN_HOSTS, give
+from conftest import MAIN_HOSTS
 
 from synctasks.constants import STAGING_PREFIX
 from synctasks.inputs import Mapping, load_inventory
 from synctasks.runner import options_from
-from testing.testproxy import TcpProxy
 from synctasks.watch import ADDED, DELETED, MODIFIED, RoundTrees, WatchSession, plan_round
+from testing.testproxy import TcpProxy
 
 BIN = Path(sys.executable).parent
 
