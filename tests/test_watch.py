@@ -181,6 +181,11 @@ def test_edits_creations_deletions_and_renames_reach_every_host(project, server,
         os.rename(site / "rename-me.txt", site / "renamed.txt")
         os.rename(site / "old", site / "moved")
         os.symlink("index.html", site / "link.html")
+        # An editor's save: write a temporary file, rename it over the original.
+        (site / ".main.css.swx").write_text("scratch")
+        (site / ".main.css.swx").unlink()
+        (site / "docs/deep/a.md.tmp").write_text("a, saved")
+        os.replace(site / "docs/deep/a.md.tmp", site / "docs/deep/a.md")
         wait_for(lambda: in_sync(site, dests), what="every host in sync")
         # A same-size rewrite within the same second: size and mtime look
         # unchanged, the event is trusted.
