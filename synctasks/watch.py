@@ -167,7 +167,11 @@ class RoundTrees(LocalTrees):
 
 @dataclass
 class RoundPlan:
+    """What one round sends for one mapping (see :func:`plan_round`)."""
+
+    #: single-file mappings, and at most one scoped folder mapping
     mappings: list[Mapping] = field(default_factory=list)
+    #: the scoped folder mapping -> what of it the round syncs
     scopes: dict[Mapping, Scope] = field(default_factory=dict)
     trusted: set[str] = field(default_factory=set)  #: local paths the events named
     ignored: int = 0  #: excluded changes
@@ -306,11 +310,14 @@ class HostWatch:
     host: str
     #: connecting | syncing | watching | down | failed | stopped
     state: str = "connecting"
+    #: rounds run (the first sync and re-syncs included)
     rounds: int = 0
+    #: files sent, deleted and failed, bytes sent, over every round
     sent: int = 0
     deleted: int = 0
     failed: int = 0
     bytes: int = 0
+    #: times the connection was made again after a drop
     reconnects: int = 0
     #: the last round's or connection's error, None once a round went well
     error: str | None = None
@@ -340,12 +347,12 @@ class RoundRecord:
     """One round on one host (a line of the log, an object of ``--json``)."""
 
     host: str
-    round: int
+    round: int  #: the host's round number, from 1 (the first sync)
     kind: str  #: initial | round | resync
-    result: HostResult | None
-    ms: float
+    result: HostResult | None  #: None when the round failed before the host answered
+    ms: float  #: wall time, planning included
     events: int = 0  #: changed paths the round carried
-    error: str | None = None
+    error: str | None = None  #: why the round failed as a whole
 
     @property
     def ok(self) -> bool:
