@@ -442,6 +442,8 @@ def main() -> int:
                 tool_start(tool, src, dests)
                 try:
                     results["lsyncd-default"] = {"latency": case_latency(tool, src, dests, 3)}
+                    print(f"  lsyncd (delay = 15, its default) latency: {results['lsyncd-default']['latency']}",
+                          flush=True)
                 finally:
                     tool.stop()
             print()
