@@ -198,6 +198,21 @@ def test_edits_creations_deletions_and_renames_reach_every_host(project, server,
     assert not any(STAGING_PREFIX in str(p) for d in dests for p in d.rglob("*"))
 
 
+def test_rounds_over_sftp(project, server, remote):
+    project.config["sync"]["protocol"] = "sftp"
+    project.file("site/index.html", "v1")
+    project.file("site/old/page.html", "old")
+    dests = three_hosts(project, server, remote)
+    site = project.root / "site"
+    with Watching(project, delete=True) as w:
+        (site / "index.html").write_text("v2")
+        (site / "docs/deep").mkdir(parents=True)
+        (site / "docs/deep/a.md").write_text("a")
+        os.rename(site / "old", site / "moved")
+        wait_for(lambda: in_sync(site, dests), what="every host in sync")
+        assert all(r.ok for r in w.records), [r.to_dict() for r in w.records if not r.ok]
+
+
 def test_a_burst_arrives_in_a_few_rounds(project, server, remote):
     project.file("site/seed.txt", "s")
     dests = three_hosts(project, server, remote)
