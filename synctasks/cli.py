@@ -186,7 +186,7 @@ def run_check(config: str | None = None, only=None, out=None, lightweight: bool 
     return K.EXIT_FAILED if any(status.values()) else K.EXIT_OK
 
 
-COMMANDS = ("sync", "plan", "validate", "check")
+COMMANDS = ("sync", "plan", "validate", "check", "watch")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -214,6 +214,9 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="connect to every host: host key, login, reachability")
     check.add_argument("--config", default=argparse.SUPPRESS, help="config.ini to use")
     check.add_argument("--only", help="hosts to check")
+    from . import watch  # its flags and its run live in watch.py
+
+    watch.add_parser(commands)
     return parser
 
 
@@ -227,6 +230,10 @@ def main(argv: list[str] | None = None, lightweight: bool = False) -> int:
         return run_validate(args.config)
     if args.command == "check":
         return run_check(args.config, args.only, lightweight=lightweight)
+    if args.command == "watch":
+        from . import watch
+
+        return watch.main(args, lightweight=lightweight)
     return run_sync(args.config, only=args.only, dry_run=getattr(args, "dry_run", False) or args.command == "plan",
                     delete=args.delete, checksum=args.checksum, json_path=args.json_path, quiet=args.quiet,
                     verbose=args.verbose, force=args.force, lightweight=lightweight)

@@ -72,3 +72,16 @@ def validate(c, config=None):
 def check(c, config=None, only=None):
     """Connect to every host: verify its host key and the login."""
     _finish(cli.run_check(_config(config), _only(c, only)))
+
+
+@task(help={**{k: HELP[k] for k in ("config", "only", "delete", "force", "checksum", "quiet", "verbose")},
+            "exclude": "gitignore-style pattern never sent (repeatable)",
+            "json": "append one JSON object per round to this file (JSON Lines)"},
+      iterable=["exclude"], auto_shortflags=False)
+def watch(c, config=None, only=None, delete=False, force=False, checksum=False, exclude=None, json=None,
+          quiet=False, verbose=False):
+    """Sync, then keep the hosts following local edits (Ctrl-C to stop)."""
+    from . import watch as watching
+
+    _finish(watching.run_watch(_config(config), only=_only(c, only), delete=delete or None, checksum=checksum,
+                               exclude=exclude or (), json_path=json, quiet=quiet, verbose=verbose, force=force))
