@@ -50,6 +50,8 @@ def _compact(script: str) -> str:
 
 
 SCRIPT = _compact(Path(__file__).with_name("remote.sh").read_text().replace("__STAGING__", STAGING_PREFIX))
+#: The SCP sink in perl (hosts with perl): sent on stdin with each stream.
+PERL_SINK = Path(__file__).with_name("sink.pl").read_bytes()
 
 #: What sudo says when it will not run the script.
 SUDO_REFUSALS = ("try again", "incorrect password", "not in the sudoers", "not allowed to execute",
@@ -138,9 +140,12 @@ class Ops:
         """mkdir (no -p: an existing name fails) ``names``, relative to ``where``."""
         self._names("mkdirs", list(where), names)
 
-    def scp(self, where: tuple[str, str], size: int, staged: bool = True) -> None:
-        """Run the SCP sink on the next ``size`` bytes, in ``where`` (or its staging folder)."""
-        self._op("scp", "stage" if staged else "here", *where, str(size))
+    def scp(self, where: tuple[str, str], size: int, staged: bool = True, sink: bytes = b"") -> None:
+        """Run the SCP sink on the next ``size`` bytes, in ``where`` (or its
+        staging folder): ``scp -t``, or the perl ``sink`` whose code is sent first."""
+        self._op("scp", "stage" if staged else "here", *where, str(size), str(len(sink)))
+        if sink:
+            self.parts.append(sink)
 
     def mvall(self, where: tuple[str, str], pairs: list[tuple[str, str]]) -> None:
         """Rename each (staged, final) pair, paths relative to ``where``, in one
@@ -379,6 +384,7 @@ class ShellRun:
         #: mapping walks into the folders, and one perl renames the lot.
         self.secure = target.sudo
         self.perl = perl and not self.secure
+        self.sink = PERL_SINK if perl else b""
         self.label = target.label
         self.log = get_logger(self.label)
         self.token = plan.token
@@ -512,7 +518,7 @@ class ShellRun:
             self.check_cancel()
             scp = ScpStream(self.token, base_sends)
             records, length = scp_records(scp, base_dirs, self.stage_root(base) if self.secure else base)
-            ops.scp(self.where(base), length, staged=self.secure)
+            ops.scp(self.where(base), length, staged=self.secure, sink=self.sink)
             self.send_ops(ops)
             send_scp(self.stream, scp, records, self.options.progress, self.label, done, self.trees,
                      cancel=self.check_cancel)
