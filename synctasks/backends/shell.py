@@ -362,6 +362,14 @@ def fail_records(mapping_plan: MappingPlan, reason: str, actions=CHANGING) -> No
             record.action, record.reason = "fail", reason
 
 
+def _below(path: str, folder: str) -> str:
+    """``path`` relative to ``folder``, which holds it (posixpath.relpath
+    without its cost: both are clean absolute paths)."""
+    if folder == "/":
+        return path[1:]
+    return path[len(folder) + 1:] if path.startswith(folder + "/") else posixpath.relpath(path, folder)
+
+
 def _by_folder(paths, anchor: str) -> dict[tuple[str, str], list[str]]:
     """Group remote paths as {(top, dir): [names]}."""
     groups: dict[tuple[str, str], list[str]] = {}
@@ -425,7 +433,7 @@ class ShellRun:
     def staged(self, item) -> str:
         """Path of a Send or NewDir relative to its staging folder."""
         path = posixpath.join(item.stage, item.name) if isinstance(item, Send) else item.stage
-        return posixpath.relpath(path, self.stage_root(item.base))
+        return _below(path, self.stage_root(item.base))
 
     def check_cancel(self) -> None:
         if self.options.cancelled:
@@ -463,7 +471,7 @@ class ShellRun:
                 if base not in made:
                     made.add(base)
                     root = self.root[base]
-                    per_root.setdefault(root, []).append(posixpath.relpath(self.stage_root(base), root))
+                    per_root.setdefault(root, []).append(_below(self.stage_root(base), root))
             for root, names in per_root.items():
                 ops.mkdirs(self.where(root), names)
                 owners.append((mapping_plan, root))
@@ -614,9 +622,8 @@ class ShellRun:
             for base, names in direct.items():
                 root = self.root[base]
                 for name in names:
-                    pairs.setdefault(root, []).append((posixpath.relpath(posixpath.join(self.stage_root(base), name),
-                                                                         root),
-                                                       posixpath.relpath(posixpath.join(base, name), root)))
+                    pairs.setdefault(root, []).append((_below(f"{self.stage_root(base)}/{name}", root),
+                                                       _below(f"{base.rstrip('/')}/{name}", root)))
             for root, root_pairs in pairs.items():
                 group = [s for s in moving if self.root[s.base] == root]
                 ops.mvall(self.where(root), root_pairs)
