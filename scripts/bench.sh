@@ -1,6 +1,19 @@
 #!/usr/bin/env bash
-# Benchmarks: synctasks beside rsync and OpenSSH scp, side by side in one run.
+# Benchmarks: synctasks beside rsync, OpenSSH scp and pssh, side by side in one run.
+#   bash scripts/bench.sh --quick          # smoke test: small sizes, 1 round
+#   bash scripts/bench.sh                  # every case (~10 min), 3 rounds
+#   bash scripts/bench.sh --case changes   # one case; --list shows them
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
+# The 16-host case compares with pssh's parallel-scp (Debian package pssh).
+if ! command -v parallel-scp >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+        echo "bench: need the Debian package pssh (parallel-scp) and no root or sudo to install it" >&2
+        exit 2
+    fi
+    echo "bench: installing pssh" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends pssh >/dev/null
+fi
 exec .venv/bin/python bench/run.py "$@"

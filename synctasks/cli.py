@@ -293,7 +293,7 @@ def run_report_merge(paths: list[str], json_path: str | None = None, quiet: bool
     return status
 
 
-COMMANDS = ("sync", "plan", "validate", "check", "report")
+COMMANDS = ("sync", "plan", "validate", "check", "watch", "report")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -331,6 +331,9 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("reports", nargs="+", metavar="REPORT.json")
     merge.add_argument("--json", dest="json_path", metavar="PATH", help="write the merged report here")
     merge.add_argument("-q", "--quiet", action="store_true", help="print only the final status")
+    from . import watch  # its flags and its run live in watch.py
+
+    watch.add_parser(commands)
     return parser
 
 
@@ -344,6 +347,10 @@ def main(argv: list[str] | None = None, lightweight: bool = False) -> int:
         return run_validate(args.config)
     if args.command == "check":
         return run_check(args.config, args.only, lightweight=lightweight)
+    if args.command == "watch":
+        from . import watch
+
+        return watch.main(args, lightweight=lightweight)
     if args.command == "report":
         return run_report_merge(args.reports, args.json_path, args.quiet)
     return run_sync(args.config, only=args.only, shard=args.shard,

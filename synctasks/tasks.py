@@ -173,3 +173,17 @@ def version(c):
     from . import __version__
 
     print(f"synctasks {__version__}")
+
+
+@task(help={**{k: HELP[k] for k in ("config", "only", "delete", "force", "checksum", "quiet")},
+            "verbose": "also print every round and each changed file",
+            "exclude": "gitignore-style pattern never sent (repeatable)",
+            "json": "append one JSON object per round to this file (JSON Lines)"},
+      iterable=["exclude"], auto_shortflags=False)
+def watch(c, config=None, only=None, delete=False, force=False, checksum=False, exclude=None, json=None,
+          quiet=False, verbose=False):
+    """Sync, then keep the hosts following local edits (Ctrl-C to stop)."""
+    from . import watch as watching
+
+    _finish(watching.run_watch(_config(c, config), only=_only(c, only), delete=delete or None, checksum=checksum,
+                               exclude=exclude or (), json_path=json, quiet=quiet, verbose=verbose, force=force))

@@ -26,22 +26,52 @@ esac
 exec /usr/bin/scp "$@"
 """
 
+CRASHING_PERL_SINK = """#!/bin/sh
+# The perl sink (its bootstrap evals code from stdin) dies the same way.
+case $PWD:$2 in
+  *crash-here*:*'eval $c'*) head -c 300 >/dev/null; echo "perl: simulated crash" >&2; exit 1 ;;
+esac
+exec /usr/bin/perl "$@"
+"""
 
-@pytest.fixture(scope="module")
-def crashing_server(server_root, client_key, server):
-    bin_dir = server_root / "crashing-bin"
+
+@pytest.fixture(scope="module", params=["scp", "perl"])
+def crashing_server(request, server_root, client_key, server):
+    """The host's sink crashes for one dest: `scp -t` on a host without perl
+    (PATH: every tool but perl), or the perl sink on a host with perl."""
+    bin_dir = server_root / f"crashing-{request.param}"
     bin_dir.mkdir(exist_ok=True)
     os.chmod(server_root, 0o755)
     os.chmod(bin_dir, 0o755)
-    (bin_dir / "scp").write_text(CRASHING_SCP)
-    (bin_dir / "scp").chmod(0o755)
-    with TestServer(server_root / "crashing", addresses=["127.0.0.46"], client_key=client_key,
-                    password=server.password, extra_config=[f"SetEnv PATH={bin_dir}:/usr/bin:/bin"]) as srv:
-        yield srv
+    for name in os.listdir("/usr/bin"):
+        if not name.startswith("perl") and name != "scp" and not (bin_dir / name).exists():
+            (bin_dir / name).symlink_to(f"/usr/bin/{name}")
+    wrapper, real = (CRASHING_SCP, "scp") if request.param == "scp" else (CRASHING_PERL_SINK, "perl")
+    if not (bin_dir / real).exists():
+        (bin_dir / real).write_text(wrapper)
+        (bin_dir / real).chmod(0o755)
+    if request.param == "perl" and not (bin_dir / "scp").exists():
+        (bin_dir / "scp").symlink_to("/usr/bin/scp")
+    address = "127.0.0.46" if request.param == "scp" else "127.0.0.47"
+    with TestServer(server_root / f"crashing-{request.param}-srv", addresses=[address], client_key=client_key,
+                    password=server.password, extra_config=[f"SetEnv PATH={bin_dir}"]) as srv:
+        # Check the fixture is what it claims: perl on the PATH or not.
+        import paramiko
+
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # a throwaway server of this test
+        client.connect(address, srv.port, srv.user, key_filename=str(srv.client_key))
+        try:
+            _, out, _ = client.exec_command("for c in perl scp; do command -v $c; done")
+            found = out.read().decode().split()
+        finally:
+            client.close()
+        assert found == ([f"{bin_dir}/scp"] if request.param == "scp" else [f"{bin_dir}/perl", f"{bin_dir}/scp"])
+        yield srv, address
 
 
 def test_sink_dying_mid_stream_is_contained(project, crashing_server, remote, capsys):
-    srv = crashing_server
+    srv, address = crashing_server
     give(srv, remote)
     for i in range(20):
         project.file(f"a/f{i}.txt", f"A {i}\n" * 4000)  # more than a pipe holds: head is cut off
@@ -52,7 +82,7 @@ def test_sink_dying_mid_stream_is_contained(project, crashing_server, remote, ca
         give(srv, folder)
     (crash / "f0.txt").write_text("old")
     give(srv, crash / "f0.txt")
-    project.add_host(srv, "127.0.0.46", [{"src": "a", "dest": str(crash)}, {"src": "b", "dest": str(fine)}])
+    project.add_host(srv, address, [{"src": "a", "dest": str(crash)}, {"src": "b", "dest": str(fine)}])
     report = project.root / "r.json"
     status, out, err = project.run("--json", str(report), capsys=capsys)
     assert status == 1

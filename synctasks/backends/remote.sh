@@ -112,6 +112,11 @@ if [ "$mode" != ops ]; then
   if command -v perl >/dev/null 2>&1; then printf 'Pperl\0'; fi
   while IFS= read -r m && [ -n "$m" ]; do
     k=${m%%:*}; d=${m#*:}
+    # D/F: a mapping that names an owner or group also wants names (finding
+    # names costs GNU find a read of /etc/passwd per entry); d/f: ids only.
+    own='\0'; sc=/; sf=/
+    case $k in D|F) own='%u\0%g'; sc=%U/%G; sf=%Su/%Sg ;; esac
+    case $k in D) k=d ;; F) k=f ;; esac
     printf 'M%s\0' "$d"
     if [ "$k" = d ]; then depth=; else depth='-maxdepth 0'; fi
     # Can we write where the work lands? (the dest folder, else the nearest
@@ -125,12 +130,12 @@ if [ "$mode" != ops ]; then
       if [ "$k" = f ] && [ -h "$d" ]; then printf 'Y%s\0' "$(readlink "$d")"; fi
       if [ $lm = gnu ]; then
         find -H "$d" $depth -name "$PAT" -prune -exec sh -c "$STALE" sh {} + \
-          -o -printf 'E%y %m %s %T@ %U %G %p\0%l\0%u\0%g\0'
+          -o -printf "E%y %m %s %T@ %U %G %p\\0%l\\0$own\\0"
       else
         # Without -printf, records are lines: names holding a newline cannot
         # be carried; they are named (N) and left out, below them included.
         find -H "$d" $depth -name "$NL" -prune -exec sh -c 'printf "N%s\0" "$@"' sh {} +
-        if [ $lm = statc ]; then fmt='F%f/%s/%Y/%U/%G/%u/%g/%n'; else fmt='G%p/%z/%m/%Su/%Sg/%u/%g/%N'; fi
+        if [ $lm = statc ]; then fmt="F%f/%s/%Y/$sc/%u/%g/%n"; else fmt="G%p/%z/%m/$sf/%u/%g/%N"; fi
         find -H "$d" $depth -name "$PAT" -prune -exec sh -c "$STALE" sh {} + -o -name "$NL" -prune \
           -o -exec sh -c 'stat -'"${lm#stat}"' "$0" "$@" | tr "\n" "\0"' "$fmt" {} +
         find -H "$d" $depth \( -name "$PAT" -o -name "$NL" \) -prune -o -type l \
@@ -168,8 +173,8 @@ while IFS= read -r line; do
     if loc stage 2>&1; then ln -s -- "$target" "$path" 2>&1; rc=$?; else rc=1; fi; mark ln $rc ;;
   mkdirs) # exclusively (no -p): names relative to the folder entered
     if loc 2>&1; then names 'mkdir --' '' 2>&1; rc=$?; else rc=1; skiprest; fi; mark mkdirs $rc ;;
-  scp) IFS= read -r where; IFS= read -r top; IFS= read -r dir; IFS= read -r size
-    case $size in *[!0-9]*|'') mark bad 3; exit 3 ;; esac
+  scp) IFS= read -r where; IFS= read -r top; IFS= read -r dir; IFS= read -r size; IFS= read -r cl
+    case $size/$cl in *[!0-9/]*|/*|*/) mark bad 3; exit 3 ;; esac
     if [ "$where" = stage ]; then into=stage; else into=enter; fi
     if ! $into "$top" "$dir" 2>&1; then
       # Nothing may be written: refuse the stream and swallow it.
@@ -190,7 +195,14 @@ while IFS= read -r line; do
       # Only GNU head -c stops reading at its count (others read ahead).
       if head --version 2>/dev/null | grep -q coreutils; then gnuhead=1; else gnuhead=0; fi
     fi
-    if [ "$gnuhead" = 1 ]; then
+    if [ "$cl" != 0 ]; then
+      # A host with perl: our perl sink (its code comes first on stdin, cl
+      # bytes) reads exactly the stream, in big blocks.
+      umask 0
+      perl -e '$l = shift; $c = ""; while (length($c) < $l) {
+        last unless sysread(STDIN, $c, $l - length($c), length($c)) } eval $c; die $@ if $@' "$cl" "$size" >"$a" 2>&1
+      rc=$?; umask 077; hs=$rc
+    elif [ "$gnuhead" = 1 ]; then
       umask 0
       { head -c "$size"; echo $? >"$h"; } | scp -r -d -t -- . >"$a"; rc=$?
       umask 077; hs=1; if [ -r "$h" ]; then IFS= read -r hs <"$h"; fi
@@ -205,13 +217,16 @@ while IFS= read -r line; do
     # client commits on a second channel meanwhile; this PID stays alive, so
     # no other run takes the staging folders for stale.)
     [ "$hs" = 0 ] || exec cat >/dev/null ;;
-  mvall) # pairs of lines (staged path, final path), relative to the folder entered: one perl
-    if loc 2>&1; then
-      while IFS= read -r a && [ -n "$a" ]; do IFS= read -r b; printf '%s\0%s\0' "$a" "$b"; done |
-        perl -e '$/="\0"; $r=0; while (defined($a=<STDIN>)) { chomp $a; $b=<STDIN>; chomp $b;
-          if (!rename($a, $b)) { print "$b: $!\n"; $r=1 } } exit $r' 2>&1; rc=$?
-    else rc=1; skiprest; fi
-    mark mvall $rc ;;
+  mvall) # N bytes of NUL-separated (staged path, final path) pairs, relative to the
+    # folder entered: one perl reads exactly them (sysread: no read-ahead) and renames
+    if loc 2>&1; then ok=1; else ok=0; fi
+    IFS= read -r n
+    case $n in *[!0-9]*|'') mark bad 3; exit 3 ;; esac
+    perl -e '($n, $ok) = @ARGV; $b = ""; while (length($b) < $n) {
+      last unless sysread(STDIN, $b, $n - length($b), length($b)) }
+      @p = split(/\0/, $b); $r = !$ok; while ($ok && @p) { ($a, $c) = splice(@p, 0, 2);
+      if (!rename($a, $c)) { print "$c: $!\n"; $r = 1 } } exit $r' "$n" "$ok" 2>&1
+    mark mvall $? ;;
   mv) # by the names we sent, from the staging folder (entered) to its folder
     if loc stage 2>&1; then names 'mv -f --' .. 2>&1; rc=$?; else rc=1; skiprest; fi
     mark mv $rc ;;

@@ -50,6 +50,8 @@ def _compact(script: str) -> str:
 
 
 SCRIPT = _compact(Path(__file__).with_name("remote.sh").read_text().replace("__STAGING__", STAGING_PREFIX))
+#: The SCP sink in perl (hosts with perl): sent on stdin with each stream.
+PERL_SINK = Path(__file__).with_name("sink.pl").read_bytes()
 
 #: What sudo says when it will not run the script.
 SUDO_REFUSALS = ("try again", "incorrect password", "not in the sudoers", "not allowed to execute",
@@ -138,13 +140,22 @@ class Ops:
         """mkdir (no -p: an existing name fails) ``names``, relative to ``where``."""
         self._names("mkdirs", list(where), names)
 
-    def scp(self, where: tuple[str, str], size: int, staged: bool = True) -> None:
-        """Run the SCP sink on the next ``size`` bytes, in ``where`` (or its staging folder)."""
-        self._op("scp", "stage" if staged else "here", *where, str(size))
+    def scp(self, where: tuple[str, str], size: int, staged: bool = True, sink: bytes = b"") -> None:
+        """Run the SCP sink on the next ``size`` bytes, in ``where`` (or its
+        staging folder): ``scp -t``, or the perl ``sink`` whose code is sent first."""
+        self._op("scp", "stage" if staged else "here", *where, str(size), str(len(sink)))
+        if sink:
+            self.parts.append(sink)
 
     def mvall(self, where: tuple[str, str], pairs: list[tuple[str, str]]) -> None:
-        """Rename each (staged, final) pair, paths relative to ``where``, in one process."""
-        self._names("mvall", list(where), [p for pair in pairs for p in pair])
+        """Rename each (staged, final) pair, paths relative to ``where``, in one
+        perl process that reads exactly their bytes (the shell's ``read`` would
+        take them a byte at a time)."""
+        if not pairs:
+            return
+        payload = b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for pair in pairs for p in pair)
+        self._op("mvall", *where, str(len(payload)))
+        self.parts.append(payload)
 
     def mv(self, where: tuple[str, str], names: list[str]) -> None:
         """Move ``names`` from the staging folder of ``where`` into it."""
@@ -220,8 +231,7 @@ def open_script(target: Target, mode: str, mappings: list[Mapping], token: str |
     line = (token or secrets.token_hex(8)).encode() + b"\n"
     if mode != "ops":
         # The dests, one per line (input validation refuses newlines in them).
-        line += b"".join((("d:" if m.is_dir else "f:") + m.dest).encode("utf-8", "surrogateescape") + b"\n"
-                         for m in mappings) + b"\n"
+        line += b"".join(_dest_line(m).encode("utf-8", "surrogateescape") + b"\n" for m in mappings) + b"\n"
     if target.sudo:
         _through_sudo(stream, prompt, target.password)
     else:
@@ -232,6 +242,14 @@ def open_script(target: Target, mode: str, mappings: list[Mapping], token: str |
     if target.sudo:
         stream.send(line)
     return stream
+
+
+def _dest_line(mapping: Mapping) -> str:
+    """``d:DEST`` / ``f:DEST``; upper case when the mapping names an owner or
+    group, so the listing carries names as well as ids (names cost GNU find
+    a lookup per entry)."""
+    kind = "d" if mapping.is_dir else "f"
+    return (kind.upper() if mapping.owner or mapping.group else kind) + ":" + mapping.dest
 
 
 def _first_answer(stream: Stream) -> None:
@@ -344,6 +362,14 @@ def fail_records(mapping_plan: MappingPlan, reason: str, actions=CHANGING) -> No
             record.action, record.reason = "fail", reason
 
 
+def _below(path: str, folder: str) -> str:
+    """``path`` relative to ``folder``, which holds it (posixpath.relpath
+    without its cost: both are clean absolute paths)."""
+    if folder == "/":
+        return path[1:]
+    return path[len(folder) + 1:] if path.startswith(folder + "/") else posixpath.relpath(path, folder)
+
+
 def _by_folder(paths, anchor: str) -> dict[tuple[str, str], list[str]]:
     """Group remote paths as {(top, dir): [names]}."""
     groups: dict[tuple[str, str], list[str]] = {}
@@ -366,6 +392,7 @@ class ShellRun:
         #: mapping walks into the folders, and one perl renames the lot.
         self.secure = target.sudo
         self.perl = perl and not self.secure
+        self.sink = PERL_SINK if perl else b""
         self.label = target.label
         self.log = get_logger(self.label)
         self.token = plan.token
@@ -406,7 +433,7 @@ class ShellRun:
     def staged(self, item) -> str:
         """Path of a Send or NewDir relative to its staging folder."""
         path = posixpath.join(item.stage, item.name) if isinstance(item, Send) else item.stage
-        return posixpath.relpath(path, self.stage_root(item.base))
+        return _below(path, self.stage_root(item.base))
 
     def check_cancel(self) -> None:
         if self.options.cancelled:
@@ -444,7 +471,7 @@ class ShellRun:
                 if base not in made:
                     made.add(base)
                     root = self.root[base]
-                    per_root.setdefault(root, []).append(posixpath.relpath(self.stage_root(base), root))
+                    per_root.setdefault(root, []).append(_below(self.stage_root(base), root))
             for root, names in per_root.items():
                 ops.mkdirs(self.where(root), names)
                 owners.append((mapping_plan, root))
@@ -499,7 +526,7 @@ class ShellRun:
             self.check_cancel()
             scp = ScpStream(self.token, base_sends)
             records, length = scp_records(scp, base_dirs, self.stage_root(base) if self.secure else base)
-            ops.scp(self.where(base), length, staged=self.secure)
+            ops.scp(self.where(base), length, staged=self.secure, sink=self.sink)
             self.send_ops(ops)
             send_scp(self.stream, scp, records, self.options.progress, self.label, done, self.trees,
                      cancel=self.check_cancel)
@@ -595,9 +622,8 @@ class ShellRun:
             for base, names in direct.items():
                 root = self.root[base]
                 for name in names:
-                    pairs.setdefault(root, []).append((posixpath.relpath(posixpath.join(self.stage_root(base), name),
-                                                                         root),
-                                                       posixpath.relpath(posixpath.join(base, name), root)))
+                    pairs.setdefault(root, []).append((_below(f"{self.stage_root(base)}/{name}", root),
+                                                       _below(f"{base.rstrip('/')}/{name}", root)))
             for root, root_pairs in pairs.items():
                 group = [s for s in moving if self.root[s.base] == root]
                 ops.mvall(self.where(root), root_pairs)

@@ -1,0 +1,97 @@
+# synctasks' SCP sink in perl, for hosts that have perl: the records and the
+# answers of `scp -t` (T, C, D, E; one answer per record), but reading its
+# stream in big blocks. It is told the stream's exact length, so it never
+# reads past it (the script's next operation follows on the same stdin).
+# Runs in the folder the script entered; names may not leave it.
+use strict;
+use warnings;
+use Fcntl qw(O_WRONLY O_CREAT O_TRUNC O_NOFOLLOW);
+my $left = shift @ARGV;
+my $buf = "";
+my $hires = eval { require Time::HiRes; 1 };
+$| = 1;
+umask 0;
+
+sub fill {
+    my ($want) = @_;
+    while (length($buf) < $want && $left > 0) {
+        my $got = sysread(STDIN, $buf, $left < 4194304 ? $left : 4194304, length($buf));
+        if (!$got) { $left = 0; last }
+        $left -= $got;
+    }
+    return length($buf) >= $want;
+}
+
+sub stop {
+    my ($why) = @_;
+    print "\x01$why\n";
+    exit 1;
+}
+
+sub safe {
+    my ($name) = @_;
+    stop("$name: bad name") if $name eq "" || $name eq "." || $name eq ".." || index($name, "/") >= 0;
+    return $name;
+}
+
+print "\0";
+my ($mtime, $atime) = (0, 0);
+my $depth = 0;
+while (1) {
+    my $nl = index($buf, "\n");
+    while ($nl < 0) {
+        exit 1 unless $left > 0 && fill(length($buf) + 1);
+        $nl = index($buf, "\n");
+    }
+    my $line = substr($buf, 0, $nl + 1, "");
+    chop $line;
+    my $kind = substr($line, 0, 1, "");
+    if ($kind eq "T") {
+        my ($s, $us, $as, $aus) = split / /, $line;
+        # Half a microsecond more: a double cannot hold every microsecond of
+        # today's times, and the kernel truncates to the nanosecond.
+        ($mtime, $atime) = ($s + ($us + 0.5) / 1e6, $as + ($aus + 0.5) / 1e6);
+        print "\0";
+    } elsif ($kind eq "C") {
+        my ($mode, $size, $name) = split / /, $line, 3;
+        safe($name);
+        my $fh;
+        sysopen($fh, $name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, oct $mode) or stop("$name: $!");
+        print "\0";
+        my $error;
+        my $todo = $size;
+        while ($todo > 0) {
+            fill(1) or stop("$name: the stream ended early");
+            my $take = $todo < length($buf) ? $todo : length($buf);
+            my $part = substr($buf, 0, $take, "");
+            $todo -= $take;
+            next if $error;
+            my $off = 0;
+            while ($off < length($part)) {
+                my $wrote = syswrite($fh, $part, length($part) - $off, $off);
+                if (!defined $wrote) { $error = "$name: $!"; last }
+                $off += $wrote;
+            }
+        }
+        fill(1) or stop("$name: the stream ended early");
+        substr($buf, 0, 1, "");  # the source's \0 after the data
+        close($fh) or $error //= "$name: $!";
+        chmod(oct $mode, $name) or $error //= "$name: $!";
+        if ($hires) { Time::HiRes::utime($atime, $mtime, $name) } else { utime($atime, $mtime, $name) }
+        print defined $error ? "\x01$error\n" : "\0";
+    } elsif ($kind eq "D") {
+        my ($mode, undef, $name) = split / /, $line, 3;
+        safe($name);
+        mkdir($name, oct $mode) unless -d $name;
+        chdir($name) or stop("$name: $!");
+        $depth++;
+        print "\0";
+    } elsif ($kind eq "E") {
+        print "\0";
+        exit 0 if $depth == 0;
+        chdir("..") or stop("..: $!");
+        $depth--;
+    } else {
+        stop("unexpected record");
+    }
+}
