@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable
 from . import constants as K
 from .connection import build_connection, open_connection, verify_host_key
 from .errors import GroupSyncFailed, InputError, Interrupted, SyncFailed, SyncTasksError
-from .inputs import HostEntry, Inventory, Mapping, Settings, load_inventory, resolve_mapping
+from .inputs import HostEntry, Inventory, Mapping, Settings, check_mapping_dests, load_inventory, resolve_mapping
 from .logger import add_secret, get_logger, redact
 from .options import SyncOptions
 from .plan import LocalTrees
@@ -87,6 +87,8 @@ def _as_mappings(mappings: Iterable[Mapping | dict], base_dir: Path, settings: S
     log = get_logger()
     for warning in warnings:
         log.warning("%s", warning)
+    # Nested or duplicate dests are refused here as in the mapper files.
+    check_mapping_dests(resolved, "sync_host mapping")
     return resolved
 
 

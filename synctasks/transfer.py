@@ -21,7 +21,7 @@ from .inputs import Mapping
 from .listing import Listing
 from .logger import get_logger
 from .options import STALL_TIMEOUT, SyncOptions
-from .plan import HostPlan, LocalTrees, plan_host, unsafe_for_delete
+from .plan import HostPlan, LocalTrees, MappingPlan, plan_host, unsafe_for_delete
 from .results import HostResult, MappingResult
 
 __all__ = ["SyncOptions", "sync_connection", "remote_status", "check_delete_safety"]
@@ -92,7 +92,14 @@ def sync_shell(target: Target, mappings: list[Mapping], options: SyncOptions,
                trees: LocalTrees) -> list[MappingResult]:
     """List, plan and (unless a dry run) apply through the shell backend."""
     log = get_logger(target.label)
-    stream, listing = shell.list_host(target, mappings, options)
+
+    def refuse_home(home: str) -> None:
+        # --delete on the remote home is refused before the home is listed.
+        if options.delete and not options.force:
+            check_delete_safety(HostPlan("", [MappingPlan(m, None) for m in mappings], []), Listing(home=home),
+                                options, target.label)
+
+    stream, listing = shell.list_host(target, mappings, options, refuse_home)
     log.debug("listed %d remote entries in %d dests (listing method: %s)",
               sum(len(e) for e in listing.entries.values()), len(listing.entries), listing.method)
     for path in listing.unlisted:

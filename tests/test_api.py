@@ -119,3 +119,21 @@ def test_console_script(project, server, remote, argv):
     assert (remote / "cs/a.txt").read_text() == "a"
     helped = subprocess.run(argv + ["sync", "--help"], capture_output=True, text=True, env=_env())
     assert "--dry-run" in helped.stdout and "--delete" in helped.stdout
+
+
+def test_sync_host_refuses_nested_and_duplicate_dests(project, server, remote, tmp_path):
+    """The API checks dests as the mapper files are checked (issue 11),
+    before connecting or sending anything."""
+    from synctasks import InputError
+
+    project.file("site/a.txt", "a")
+    known = server.write_known_hosts(tmp_path / "known_hosts")
+    c = connection(server, known)
+    for mappings, says in (([{"src": "site", "dest": f"{remote}/www"}, {"src": "site", "dest": f"{remote}/www/sub"}],
+                            "inside"),
+                           ([{"src": "site", "dest": f"{remote}/www"}, {"src": "site", "dest": f"{remote}/www"}],
+                            "also the dest")):
+        with pytest.raises(InputError) as caught:
+            sync_host(c, mappings, base_dir=project.root)
+        assert says in str(caught.value) and "mapping 2: dest" in str(caught.value)
+    assert not (remote / "www").exists()

@@ -198,6 +198,8 @@ def test_remote_home_refused_for_delete(project, server, capsys):
     assert status == 2  # refused input, as for a dest too close to / (issue 12, item 11)
     assert "the remote home folder" in out and "--force" in out
     assert sorted(os.listdir(home)) == before
+    # Refused as soon as the home was known: the home was never listed.
+    assert "listed" not in (project.root / "logs/info.log").read_text()
 
 
 def test_plan_validate_and_check_commands(project, server, remote, capsys):

@@ -305,23 +305,33 @@ def _through_sudo(stream: Stream, prompt: str | None, password: str | None) -> N
         time.sleep(0.005)
 
 
-def read_listing(stream: Stream) -> Listing:
+def read_listing(stream: Stream, on_home=None) -> Listing:
+    """The listing; ``on_home(home)`` runs as soon as the remote home is
+    known, before the (maybe long) listing is read: it may raise to stop."""
     first = stream.read_until(b"\0", limit=4096)  # T<token>: the run's token as the script made it
     if not first.startswith(b"T") or not re.fullmatch(rb"T[A-Za-z0-9._-]+-\d+-[0-9a-f]{16}\0", first):
         raise RemoteError(stream.failure(f"unexpected answer from the remote shell: {first[:80]!r}"),
                           host=stream.label)
     token = first[1:-1]
-    return parse_listing(first + stream.read_until(b"Z" + token + b"\0", limit=1 << 30))
+    home = stream.read_until(b"\0", limit=1 << 16)  # H<home>
+    if on_home is not None and home.startswith(b"H"):
+        try:
+            on_home(home[1:-1].decode("utf-8", "surrogateescape"))
+        except BaseException:
+            stream.chan.close()
+            raise
+    return parse_listing(first + home + stream.read_until(b"Z" + token + b"\0", limit=1 << 30))
 
 
-def list_host(target: Target, mappings: list[Mapping], options: SyncOptions) -> tuple[Stream, Listing]:
+def list_host(target: Target, mappings: list[Mapping], options: SyncOptions, on_home=None
+              ) -> tuple[Stream, Listing]:
     """Start the script and read the listing of every dest."""
     mode = "checksum" if options.compare == "checksum" else "list"
     stream = open_script(target, mode, mappings)
     if mode == "checksum":
         # sha256sum answers in blocks: big files can keep it quiet for long.
         stream.chan.settimeout(stream.timeout * 10)
-    listing = read_listing(stream)
+    listing = read_listing(stream, on_home)
     stream.chan.settimeout(stream.timeout)
     return stream, listing
 
