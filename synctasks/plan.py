@@ -232,12 +232,18 @@ class LocalTrees:
         self.blob_room = BLOB_BUDGET
         #: SHA-256 of local files, hashed once per run whatever the number of hosts
         self._sums: dict[tuple, str] = {}
+        self._sum_lock = threading.Lock()
 
     def sha256(self, entry: "LocalEntry") -> str:
         key = (entry.path, entry.size, entry.mtime_ns)
         found = self._sums.get(key)
         if found is None:
-            found = self._sums[key] = sha256_file(entry.path)
+            # Hosts plan side by side: without the lock each would hash
+            # every file itself (hashing small files holds the GIL anyway).
+            with self._sum_lock:
+                found = self._sums.get(key)
+                if found is None:
+                    found = self._sums[key] = sha256_file(entry.path)
         return found
 
     def remember(self, path: str, data: bytes) -> None:
