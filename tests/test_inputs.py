@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 
@@ -38,8 +39,10 @@ BAD_CASES = {
     "malformed connection_info": (
         "connection_info.json", '[{"ip_address": "127.0.0.2",\n  "user" "u"}]',
         "connection_info.json:2:10: invalid JSON"),
+    # Column 32 (the "]") up to Python 3.12, 31 (the trailing comma) from 3.13:
+    # the message names where this Python's json parser stopped.
     "malformed mapper": ("hosts/127.0.0.2.json", '[{"src": "site", "dest": "/x"},]',
-                         "hosts/127.0.0.2.json:1:32: invalid JSON"),
+                         f"hosts/127.0.0.2.json:1:{32 if sys.version_info < (3, 13) else 31}: invalid JSON"),
     "not a list": ("connection_info.json", '{"ip_address": "127.0.0.2"}', "expected a JSON list of objects"),
     "empty hosts list": ("connection_info.json", "[]", "the list is empty"),
     "empty mapper list": ("hosts/127.0.0.2.json", "[]", "hosts/127.0.0.2.json: the list is empty"),
