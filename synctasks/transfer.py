@@ -21,7 +21,7 @@ from .inputs import Mapping
 from .listing import Listing
 from .logger import get_logger
 from .options import STALL_TIMEOUT, SyncOptions
-from .plan import HostPlan, LocalTrees, MappingPlan, plan_host, unsafe_for_delete
+from .plan import HostPlan, LocalTrees, plan_host, unsafe_for_delete
 from .results import HostResult, MappingResult
 
 __all__ = ["SyncOptions", "sync_connection", "remote_status", "check_delete_safety"]
@@ -40,12 +40,12 @@ def remote_status(c, command: str, timeout: float = STALL_TIMEOUT) -> int:
         chan.close()
 
 
-def check_delete_safety(plan: HostPlan, listing: Listing, options: SyncOptions, label: str) -> None:
-    if options.force:
+def check_delete_safety(mappings: list[Mapping], home: str, options: SyncOptions, label: str) -> None:
+    """--delete is refused on a dest too close to / or on the remote ``home``."""
+    if options.force or not options.delete:
         return
-    for mapping_plan in plan.mappings:
-        mapping = mapping_plan.mapping
-        why = unsafe_for_delete(mapping, listing.home)
+    for mapping in mappings:
+        why = unsafe_for_delete(mapping, home)
         if why:
             raise UnsafeDestError(f"refusing --delete on dest {mapping.dest} ({mapping.source}): {why}; "
                                   "pick a deeper dest or pass --force", host=label)
@@ -93,13 +93,10 @@ def sync_shell(target: Target, mappings: list[Mapping], options: SyncOptions,
     """List, plan and (unless a dry run) apply through the shell backend."""
     log = get_logger(target.label)
 
-    def refuse_home(home: str) -> None:
-        # --delete on the remote home is refused before the home is listed.
-        if options.delete and not options.force:
-            check_delete_safety(HostPlan("", [MappingPlan(m, None) for m in mappings], []), Listing(home=home),
-                                options, target.label)
-
-    stream, listing = shell.list_host(target, mappings, options, refuse_home)
+    # --delete on the remote home is refused as soon as the home is known,
+    # before the home is listed.
+    stream, listing = shell.list_host(target, mappings, options,
+                                      lambda home: check_delete_safety(mappings, home, options, target.label))
     log.debug("listed %d remote entries in %d dests (listing method: %s)",
               sum(len(e) for e in listing.entries.values()), len(listing.entries), listing.method)
     for path in listing.unlisted:
@@ -109,8 +106,6 @@ def sync_shell(target: Target, mappings: list[Mapping], options: SyncOptions,
                      warn=log.warning, trusted=options.trusted,
                      remote_links=options.remote_links)
     results = [p.result for p in plan.mappings]
-    if options.delete:
-        check_delete_safety(plan, listing, options, target.label)
     _refuse_busy(plan, listing, target.label)
     _refuse_unwritable(plan, listing, target.label)
     if options.dry_run or not plan.has_work:

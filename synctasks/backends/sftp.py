@@ -405,8 +405,7 @@ def _list_plan_apply(sftp, token: str, label: str, mappings: list[Mapping], opti
     plan = plan_host(token, mappings, listing, trees, compare=options.compare, delete=options.delete,
                      warn=log.warning, trusted=options.trusted, remote_links=options.remote_links)
     results = [p.result for p in plan.mappings]
-    if options.delete:
-        check_delete_safety(plan, listing, options, label)
+    check_delete_safety(mappings, listing.home, options, label)
     if not options.dry_run and plan.has_work:
         SftpRun(sftp, plan, options, label, trees, notes).run()
     return results
