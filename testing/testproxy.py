@@ -67,8 +67,11 @@ class TcpProxy:
             client_writer.close()
             return
         self._writers.update((client_writer, server_writer))
-        await asyncio.gather(self._pipe(client_reader, server_writer), self._pipe(server_reader, client_writer),
-                             return_exceptions=True)
+        try:
+            await asyncio.gather(self._pipe(client_reader, server_writer), self._pipe(server_reader, client_writer),
+                                 return_exceptions=True)
+        except asyncio.CancelledError:
+            pass  # the proxy is stopping: not an error worth a traceback
         for writer in (client_writer, server_writer):
             self._writers.discard(writer)
             writer.close()
