@@ -50,6 +50,10 @@ def host_line(result: HostResult) -> str:
         counts = f"{result.skipped} unchanged, {seconds}"
     else:
         counts = f"{result.sent} sent, {result.skipped} skipped, {result.deleted} deleted, {size}, {seconds}"
+    if result.backend:  # how the host was reached: the shell backend or SFTP alone
+        counts += f", via {result.backend}"
+    for note in result.notes:
+        counts += f"; {escape(note)}"
     if not result.ok:
         if result.error and not result.mappings:  # never got to its files
             return f"{host}: FAILED: {escape(result.error)} ({seconds})"

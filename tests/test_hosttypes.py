@@ -230,6 +230,9 @@ def test_report_names_the_backend(hosttype_project, host_case, capsys):
     expected = "sftp" if case.name in SFTP_TYPES else "shell"  # the GNU server has SFTP too
     assert host.get("backend") == expected, f"backend {host.get('backend')!r}, expected {expected!r}: {host}"
     assert status == 0, out + err
+    # ... and so does the summary line of the host.
+    assert any(line.startswith(f"{case.address}: ok") and line.endswith(f"via {expected})")
+               for line in out.splitlines()), out
 
 
 @sync_types("scp-only-account")
