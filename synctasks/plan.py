@@ -12,12 +12,11 @@ import os
 import posixpath
 import stat
 import threading
-import time
 from dataclasses import dataclass, field
 
 from .inputs import Mapping
 from .listing import Listing, RemoteEntry, staging_name
-from .results import FileResult, MappingResult
+from .results import CHANGING, FileResult, MappingResult
 
 NEW_FILE = ">f+++++++++"
 NEW_DIR = "cd+++++++++"
@@ -87,7 +86,7 @@ class MappingPlan:
     mkparent: list[str] = field(default_factory=list)
     chmods: list[tuple[int, str]] = field(default_factory=list)
     chowns: list[str] = field(default_factory=list)  #: existing paths whose owner/group must change
-    touches: list[tuple[str, str]] = field(default_factory=list)
+    touches: list[tuple[int, str]] = field(default_factory=list)  #: (whole seconds, path)
     removes: list[str] = field(default_factory=list)  #: cleared before sending (type changes)
     deletes: list[str] = field(default_factory=list)  #: --delete, top-most paths only
     error: str | None = None  #: the whole mapping cannot be synced
@@ -97,8 +96,24 @@ class MappingPlan:
         """Existing remote folders that receive something (each gets a staging folder)."""
         return list(dict.fromkeys(item.base for item in self.sends + self.links + self.new_dirs))
 
-    def staging_dirs(self, token: str) -> list[str]:
-        return [posixpath.join(folder, staging_name(token)) for folder in self.bases]
+    @property
+    def has_work(self) -> bool:
+        """Anything to change remotely (missing parents alone aside)."""
+        return bool(self.sends or self.links or self.new_dirs or self.chmods or self.chowns or self.touches
+                    or self.removes or self.deletes)
+
+    def fail(self, reason: str, actions=CHANGING) -> None:
+        """Mark the records of ``actions`` failed, with ``reason``."""
+        for record in self.result.files:
+            if record.action in actions:
+                record.action, record.reason = "fail", reason
+
+    def drop(self, reason: str) -> None:
+        """Give the whole mapping up before anything is done: every change it
+        planned fails with ``reason`` and none is carried out."""
+        self.fail(reason)
+        self.sends, self.links, self.new_dirs, self.mkparent = [], [], [], []
+        self.deletes, self.removes, self.chmods, self.touches, self.chowns = [], [], [], [], []
 
 
 @dataclass
@@ -107,16 +122,9 @@ class HostPlan:
     mappings: list[MappingPlan]
     stale: list[str]
 
-    def staging_dirs(self) -> list[str]:
-        """Every staging folder of the run (shared folders once)."""
-        return list(dict.fromkeys(d for p in self.mappings for d in p.staging_dirs(self.token)))
-
     @property
     def has_work(self) -> bool:
-        return bool(self.stale) or any(
-            p.sends or p.links or p.new_dirs or p.chmods or p.chowns or p.touches or p.removes or p.deletes
-            for p in self.mappings
-        )
+        return bool(self.stale) or any(p.has_work for p in self.mappings)
 
 
 class Excluder:
@@ -299,11 +307,6 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
-def touch_stamp(mtime_ns: int) -> str:
-    """``touch -t`` form (UTC) of a modification time."""
-    return time.strftime("%Y%m%d%H%M.%S", time.gmtime(mtime_ns // 1_000_000_000))
-
-
 def _unsendable(name: str) -> str | None:
     if "\n" in name:
         return "the name contains a newline, which SCP cannot carry: rename it"
@@ -455,7 +458,7 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
                 files.append(FileResult(path, "skip", reason, entry.size, flags=".f         "))
         elif reason in ("mode", "mtime-only"):
             if reason == "mtime-only":
-                plan.touches.append((touch_stamp(entry.mtime_ns), path))
+                plan.touches.append((entry.mtime_ns // 1_000_000_000, path))
                 files.append(FileResult(path, "touch", "mtime", flags=flags))
                 if there.mode != mode:
                     plan.chmods.append((mode, path))
@@ -468,7 +471,7 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
             plan.sends.append(Send(entry, record, *place(folder), mode))
             if entry.mtime_ns < 0:
                 # SCP's T record cannot carry a time before 1970: set it after.
-                plan.touches.append((touch_stamp(entry.mtime_ns), path))
+                plan.touches.append((entry.mtime_ns // 1_000_000_000, path))
 
     if delete and mapping.is_dir:
         # Parents first. A path is extraneous only inside a folder that

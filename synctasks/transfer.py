@@ -57,11 +57,11 @@ def _refuse_busy(plan: HostPlan, listing: Listing, label: str) -> None:
         dest = mapping_plan.mapping.dest.rstrip("/")
         # Only inside dest: one beside it may be building any sibling.
         busy = [p for p in listing.active.get(mapping_plan.mapping.dest, []) if p.startswith(dest + "/")]
-        if busy and _has_work(mapping_plan):
+        if busy and (mapping_plan.has_work or mapping_plan.mkparent):
             reason = (f"another synctasks run is syncing {mapping_plan.mapping.dest} (its staging folder "
                       f"{busy[0]}): try again when it ends")
             get_logger(label).error("%s", reason)
-            _drop_work(mapping_plan, reason)
+            mapping_plan.drop(reason)
 
 
 def _refuse_unwritable(plan: HostPlan, listing: Listing, label: str) -> None:
@@ -69,23 +69,11 @@ def _refuse_unwritable(plan: HostPlan, listing: Listing, label: str) -> None:
     dest, with the fix, instead of a "Permission denied" mid-run."""
     for mapping_plan in plan.mappings:
         folder = listing.unwritable.get(mapping_plan.mapping.dest)
-        if folder and not mapping_plan.mapping.sudo and _has_work(mapping_plan):
+        if folder and not mapping_plan.mapping.sudo and (mapping_plan.has_work or mapping_plan.mkparent):
             reason = (f"{folder} is not writable by {listing.user or 'the login user'}: set \"sudo\": true "
                       f"in {mapping_plan.mapping.source or 'its mapping'} (or fix the permissions)")
             get_logger(label).error("%s: %s", mapping_plan.mapping.dest, reason)
-            _drop_work(mapping_plan, reason)
-
-
-def _has_work(p) -> bool:
-    return bool(p.sends or p.links or p.new_dirs or p.deletes or p.removes or p.chmods or p.touches or p.chowns
-                or p.mkparent)
-
-
-def _drop_work(mapping_plan, reason: str) -> None:
-    shell.fail_records(mapping_plan, reason)
-    mapping_plan.sends, mapping_plan.links, mapping_plan.new_dirs, mapping_plan.mkparent = [], [], [], []
-    mapping_plan.deletes, mapping_plan.removes, mapping_plan.chmods = [], [], []
-    mapping_plan.touches, mapping_plan.chowns = [], []
+            mapping_plan.drop(reason)
 
 
 def sync_shell(target: Target, mappings: list[Mapping], options: SyncOptions,

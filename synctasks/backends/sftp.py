@@ -17,7 +17,6 @@ What SFTP cannot do is refused up front: sudo, owner/group names,
 
 from __future__ import annotations
 
-import calendar
 import errno
 import os
 import posixpath
@@ -36,7 +35,6 @@ from ..listing import Listing, RemoteEntry, kind_of, staging_name
 from ..logger import get_logger
 from ..options import SyncOptions
 from ..plan import HostPlan, LocalTrees, MappingPlan, plan_host
-from ..results import CHANGING
 
 HEARTBEAT = 1.0  #: seconds between touches of a live run's staging folders
 STALE_AFTER = 5.0  #: a staging folder untouched this long belongs to no live run
@@ -262,7 +260,7 @@ class SftpRun:
             except OSError as exc:
                 reason = f"cannot write into the folder: {exc}"
                 log.error("%s: %s", mapping_plan.mapping.dest, reason)
-                _fail(mapping_plan, reason)
+                mapping_plan.fail(reason)
         planned = getattr(self.options.progress, "planned", None)
         sends = [s for p in live for s in p.sends]
         if planned:
@@ -334,12 +332,12 @@ class SftpRun:
                     try:
                         self.rename(new_dir.stage, new_dir.path)
                     except OSError as exc:
-                        _fail(mapping_plan, f"cannot move into {new_dir.base}: {exc}", ("mkdir", "send", "link"))
+                        mapping_plan.fail(f"cannot move into {new_dir.base}: {exc}", ("mkdir", "send", "link"))
             for path in mapping_plan.deletes:
                 try:
                     self.remove_tree(path)
                 except OSError as exc:
-                    _fail(mapping_plan, f"delete failed: {exc}", ("delete",))
+                    mapping_plan.fail(f"delete failed: {exc}", ("delete",))
         for stage in self.stages:
             try:
                 self.remove_tree(stage)
@@ -352,28 +350,17 @@ class SftpRun:
                 try:
                     sftp.chmod(path, mode)
                 except OSError as exc:
-                    _fail(mapping_plan, f"chmod failed: {exc}", ("chmod",))
-            for stamp, path in mapping_plan.touches:
-                seconds = _stamp_seconds(stamp)
+                    mapping_plan.fail(f"chmod failed: {exc}", ("chmod",))
+            for seconds, path in mapping_plan.touches:
                 try:
                     sftp.utime(path, (max(0, seconds), max(0, seconds)))
                 except OSError as exc:
-                    _fail(mapping_plan, f"touch failed: {exc}", ("touch",))
+                    mapping_plan.fail(f"touch failed: {exc}", ("touch",))
         for mapping_plan in live:
             for send in mapping_plan.sends + mapping_plan.links:
                 if id(send) in failed:
                     send.result.action, send.result.reason = "fail", failed[id(send)]
                     log.error("%s: %s", send.result.path, send.result.reason)
-
-
-def _stamp_seconds(stamp: str) -> int:
-    return calendar.timegm(time.strptime(stamp, "%Y%m%d%H%M.%S"))
-
-
-def _fail(mapping_plan: MappingPlan, reason: str, actions=CHANGING) -> None:
-    for record in mapping_plan.result.files:
-        if record.action in actions:
-            record.action, record.reason = "fail", reason
 
 
 def sync_sftp(c, label: str, mappings: list[Mapping], options: SyncOptions, trees: LocalTrees,

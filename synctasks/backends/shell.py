@@ -39,7 +39,6 @@ from ..listing import Listing, parse_listing, staging_name
 from ..logger import get_logger
 from ..options import STALL_TIMEOUT, SyncOptions
 from ..plan import HostPlan, LocalTrees, MappingPlan, NewDir, Send, chown_spec
-from ..results import CHANGING
 from ..scpwire import ScpStream, read_scp_answers, scp_records, send_scp
 
 def _compact(script: str) -> str:
@@ -78,14 +77,13 @@ def command(mode: str, sudo: str | None = None) -> str:
     ``sudo``: None (no sudo), "" (``sudo -n``: no password to give) or the
     prompt sudo must print when it wants the password.
     """
-    args = [mode]
     if sudo is None:
         prefix = "exec sh -c "
     elif sudo == "":
         prefix = "exec sudo -n -- sh -c "
     else:
         prefix = f"exec sudo -S -p {shlex.quote(sudo)} -- sh -c "
-    return prefix + shlex.quote(SCRIPT) + " sh " + " ".join(shlex.quote(a) for a in args)
+    return prefix + shlex.quote(SCRIPT) + " sh " + shlex.quote(mode)
 
 
 def locate(folder: str, anchor: str) -> tuple[str, str]:
@@ -281,7 +279,7 @@ def _through_sudo(stream: Stream, prompt: str | None, password: str | None) -> N
     while True:
         stream._take_stderr()
         said = stream.err.decode("utf-8", "replace")
-        if prompt and said.count(prompt) > (1 if answered else 0) and answered:
+        if answered and said.count(prompt) > 1:  # asked again: the password was wrong
             raise RemoteError("sudo refused the password: check the sudo password (passkey or "
                               "sudo_passkey_env)", host=stream.label)
         if prompt and prompt in said and not answered:
@@ -368,10 +366,9 @@ def _prep_reason(message: str, base: str) -> str:
     return f"cannot create folder {path}: {why}"
 
 
-def fail_records(mapping_plan: MappingPlan, reason: str, actions=CHANGING) -> None:
-    for record in mapping_plan.result.files:
-        if record.action in actions:
-            record.action, record.reason = "fail", reason
+def touch_stamp(seconds: int) -> str:
+    """``touch -t`` form (UTC, the script sets TZ) of a modification time."""
+    return time.strftime("%Y%m%d%H%M.%S", time.gmtime(seconds))
 
 
 def _below(path: str, folder: str) -> str:
@@ -498,7 +495,7 @@ class ShellRun:
             elif id(owner) not in broken:
                 broken[id(owner)] = _prep_reason(_message(before), base)
                 self.log.error("%s: %s", owner.mapping.dest, broken[id(owner)])
-                fail_records(owner, broken[id(owner)])
+                owner.fail(broken[id(owner)])
         return [p for p in self.plan.mappings if id(p) not in broken]
 
     def send_ops(self, ops: Ops) -> None:
@@ -678,8 +675,8 @@ class ShellRun:
                     ops.chown(spec, where, names)
                 add("rules", mapping_plan, ("chown",))
             by_stamp: dict[str, list[str]] = {}
-            for stamp, path in mapping_plan.touches:
-                by_stamp.setdefault(stamp, []).append(path)
+            for seconds, path in mapping_plan.touches:
+                by_stamp.setdefault(touch_stamp(seconds), []).append(path)
             for stamp, paths in sorted(by_stamp.items()):
                 for where, names in self.group(paths, anchor).items():
                     ops.touch(stamp, where, names)
@@ -714,7 +711,7 @@ class ShellRun:
                 if kind == "chown":  # staged files went in without the owner asked for
                     for item in mapping_plan.sends + mapping_plan.links:
                         failed.setdefault(id(item), problem)
-                fail_records(mapping_plan, problem, actions)
+                mapping_plan.fail(problem, actions)
             elif kind == "cleanup":
                 log.warning("could not remove the temporary folders: %s", message)
             else:
