@@ -182,7 +182,7 @@ def run_sync(config: str | None = None, *, only=None, hosts: list[str] | None = 
                 selected = select_hosts(inventory.hosts, only)
             selected = shard_hosts(selected, shard)
             if (delete or (delete is None and inventory.settings.delete)) and not force:
-                _check_shallow_dests(inventory, {h.name for h in selected})
+                check_shallow_dests(inventory, {h.name for h in selected})
         except InputError as exc:
             print_input_error(exc)
             close_logging()
@@ -230,7 +230,9 @@ def run_sync(config: str | None = None, *, only=None, hosts: list[str] | None = 
         return status
 
 
-def _check_shallow_dests(inventory: Inventory, names: set[str]) -> None:
+def check_shallow_dests(inventory: Inventory, names: set[str]) -> None:
+    """Refuse --delete (input error) on a dest of these hosts that is too
+    close to / (the remote home is checked once it is known)."""
     for name, mappings in inventory.mappings.items():
         if name not in names:
             continue

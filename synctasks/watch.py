@@ -63,7 +63,7 @@ from .errors import AuthError, HostKeyError, InputError, SyncTasksError
 from .inputs import HostEntry, Inventory, Mapping
 from .logger import get_logger, redact
 from .options import SyncOptions
-from .plan import Excluder, LocalTrees, unsafe_for_delete
+from .plan import Excluder, LocalTrees
 from .results import HostResult
 
 #: Quiet time (ms) after the last event before a batch is handed over,
@@ -877,17 +877,6 @@ class WatchSession:
         return WatchSummary((w.host.name, w.stats) for w in self.workers)
 
 
-def check_delete_safety(inventory: Inventory, hosts: list[HostEntry], options: SyncOptions) -> None:
-    if not options.delete or options.force:
-        return
-    for host in hosts:
-        for mapping in inventory.mappings[host.name]:
-            why = unsafe_for_delete(mapping)
-            if why:
-                raise InputError(f"{mapping.source}: refusing --delete on dest {mapping.dest}: {why}; "
-                                 "pick a deeper dest or pass --force")
-
-
 # --------------------------------------------------------------------------
 # The command (`synctasks watch`, `fab watch`)
 # --------------------------------------------------------------------------
@@ -907,7 +896,8 @@ def run_watch(config: str | None = None, *, only=None, delete: bool | None = Non
         hosts = [h for h in select_hosts(inventory.hosts, only) if h.name in inventory.mappings]
         options = options_from(inventory.settings, delete=delete, checksum=checksum, force=force)
         options = replace(options, exclude=tuple(options.exclude) + tuple(exclude))
-        check_delete_safety(inventory, hosts, options)
+        if options.delete and not options.force:
+            cli.check_shallow_dests(inventory, {h.name for h in hosts})
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         close_logging()
