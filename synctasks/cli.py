@@ -209,7 +209,8 @@ def run_sync(config: str | None = None, *, only=None, hosts: list[str] | None = 
         try:
             group = sync_inventory(inventory=inventory, hosts=selected, dry_run=dry_run, delete=delete,
                                    checksum=checksum, force=force, on_result=on_result, lightweight=lightweight,
-                                   progress=progress, warn=True, cancel=stop.cancel, hurry=stop.hurry)
+                                   progress=progress, warn=True, cancel=stop.cancel, hurry=stop.hurry,
+                                   list_unchanged=verbose >= 2)
         finally:
             progress.close()
         if stop.signum:

@@ -38,6 +38,12 @@ class Listing:
     method: str = ""  #: how the host listed: gnu (find -printf), statc, statf, sftp
     #: dest -> {absolute path -> entry}
     entries: dict[str, dict[str, RemoteEntry]] = field(default_factory=dict)
+    #: dest -> its entries as R records (GNU find, no owner names), compared
+    #: whole with what the client expects and parsed only where they differ
+    #: (:func:`parse_record`); such a dest has no ``entries``
+    records: dict[str, set[bytes]] = field(default_factory=dict)
+    #: absolute path -> SHA-256 (--checksum), for dests listed as records
+    sums: dict[str, str] = field(default_factory=dict)
     #: leftovers of cut runs (staging folders), to remove
     stale: list[str] = field(default_factory=list)
     #: dest -> staging folders of a run in progress there (another synctasks)
@@ -77,13 +83,33 @@ def kind_of(mode: int) -> str:
     return _KINDS.get(stat.S_IFMT(mode), "?")
 
 
+def record(kind: str, mode: int, size: int, seconds: int, rel: bytes) -> bytes:
+    """The R record of an entry: what the script prints for it, byte for
+    byte (folders carry no size or time: they are not compared)."""
+    if kind == "d":
+        return b"Rd%o 0 0 %s" % (mode, rel)
+    return b"R%s%o %d %d %s" % (kind.encode(), mode, size, seconds, rel)
+
+
+def parse_record(raw: bytes) -> tuple[str, RemoteEntry]:
+    """(path below dest, entry) of an R record (a link's target follows
+    its record after a NUL)."""
+    raw, _, target = raw.partition(b"\0")
+    mode, size, seconds, rel = raw[2:].split(b" ", 3)
+    kind = chr(raw[1])
+    return _text(rel), RemoteEntry(kind, int(mode, 8), int(size) if kind == "f" else 0, int(seconds),
+                                   _text(target))
+
+
 def parse_listing(data: bytes) -> Listing:
     """Parse the NUL-separated listing (everything before the ``Z`` record).
 
-    Entries come as ``E`` (GNU find -printf; link, owner and group follow as
-    records of their own), ``F`` (``stat -c``: hex mode) or ``G`` (BSD
-    ``stat -f``: octal mode), link targets as ``K`` records for the stat
-    methods, checksums as sha256sum lines.
+    Entries come as ``R`` (GNU find -printf, path below dest, kept whole:
+    see :func:`record`), ``E`` (GNU find -printf when owner names are
+    wanted; link, owner and group follow as records of their own), ``F``
+    (``stat -c``: hex mode) or ``G`` (BSD ``stat -f``: octal mode), link
+    targets as ``K`` records for the stat methods, checksums as sha256sum
+    lines.
     """
     from .errors import RemoteError
 
@@ -92,14 +118,22 @@ def parse_listing(data: bytes) -> Listing:
     current: dict[str, RemoteEntry] | None = None
     dest = ""
     names: dict[tuple, tuple] = {}
+    rows: set[bytes] | None = None  #: the current dest's R records
     i = 0
     while i < len(records):
         record = records[i]
         i += 1
-        if not record:
-            continue
         tag = record[:1]
-        if tag == b"T":
+        if tag == b"R":
+            if record[1:2] == b"l":
+                record += b"\0" + (records[i] if i < len(records) else b"")
+                i += 1
+            if rows is None:
+                rows = listing.records.setdefault(dest, set())
+            rows.add(record)
+        elif not record:
+            continue
+        elif tag == b"T":
             listing.token = _text(record[1:])
         elif tag == b"H":
             listing.home = _text(record[1:])
@@ -110,6 +144,7 @@ def parse_listing(data: bytes) -> Listing:
         elif tag == b"M":
             dest = _text(record[1:])
             current = listing.entries.setdefault(dest, {})
+            rows = None
         elif tag in (b"S", b"A"):
             path = _text(record[1:])
             # Sent back as a line: a name with a newline would split in two.
@@ -160,6 +195,9 @@ def parse_listing(data: bytes) -> Listing:
             break  # the end record (Z<token>)
         elif len(record) > 66 and record[64:66] == b"  ":
             path = _text(record[66:])
+            if rows is not None:
+                listing.sums[path] = record[:64].decode()
+                continue
             entry = current.get(path) if current is not None else None
             if entry is not None:
                 entry.sha256 = record[:64].decode()

@@ -29,6 +29,9 @@ class SyncOptions:
     #: Local paths (absolute, as walked) to send whatever the compare says:
     #: a watcher that saw them change trusts the event over size+mtime.
     trusted: frozenset = frozenset()
+    #: Keep a FileResult per unchanged file (-vv lists them); else they are
+    #: counted only, so memory grows with files, not files x hosts.
+    list_unchanged: bool = False
 
     @property
     def cancelled(self) -> bool:

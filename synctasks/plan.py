@@ -8,6 +8,7 @@ host, so it is tested without one.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import posixpath
 import stat
@@ -15,7 +16,7 @@ import threading
 from dataclasses import dataclass, field
 
 from .inputs import Mapping
-from .listing import Listing, RemoteEntry, staging_name
+from .listing import Listing, RemoteEntry, parse_record, record, staging_name
 from .results import CHANGING, FileResult, MappingResult
 
 NEW_FILE = ">f+++++++++"
@@ -90,6 +91,9 @@ class MappingPlan:
     removes: list[str] = field(default_factory=list)  #: cleared before sending (type changes)
     deletes: list[str] = field(default_factory=list)  #: --delete, top-most paths only
     error: str | None = None  #: the whole mapping cannot be synced
+    #: remote entries not known unchanged from their listing record alone
+    #: (compared field by field; all of them where the listing has no records)
+    differing: int = 0
 
     @property
     def bases(self) -> list[str]:
@@ -241,6 +245,9 @@ class LocalTrees:
         #: SHA-256 of local files, hashed once per run whatever the number of hosts
         self._sums: dict[tuple, str] = {}
         self._sum_lock = threading.Lock()
+        #: (tree, file mode) -> the R record each entry has on a host where it is unchanged
+        self._expected: dict[tuple, list[bytes | None]] = {}
+        self._expected_lock = threading.Lock()
 
     def sha256(self, entry: "LocalEntry") -> str:
         key = (entry.path, entry.size, entry.mtime_ns)
@@ -282,6 +289,19 @@ class LocalTrees:
             raise slot.error
         return slot.entries
 
+    def expected(self, mapping: Mapping) -> list[bytes | None]:
+        """Per local entry (in :meth:`get`'s order), the R record a host
+        lists for it when it needs nothing (see :func:`listing.record`), or
+        None where only the full compare can say (the root, links, names
+        that cannot be sent). Made once per run for every host."""
+        local = self.get(mapping)
+        key = (str(mapping.src), mapping.is_dir, tuple(mapping.exclude), mapping.mode)
+        with self._expected_lock:
+            found = self._expected.get(key)
+            if found is None:
+                found = self._expected[key] = [_expected(entry, mapping.mode) for entry in local]
+        return found
+
     def prefetch(self, mappings: list[Mapping]) -> None:
         def run() -> None:
             for mapping in mappings:
@@ -290,6 +310,17 @@ class LocalTrees:
                 except Exception:
                     pass  # the host that needs it gets the error
         threading.Thread(target=run, name="walk-local", daemon=True).start()
+
+
+def _expected(entry: LocalEntry, mode: int | None) -> bytes | None:
+    if not entry.rel or entry.kind not in "df":
+        return None
+    rel = entry.rel.encode("utf-8", "surrogateescape")
+    if b"\n" in rel or (len(rel) > NAME_MAX and any(len(part) > NAME_MAX for part in rel.split(b"/"))):
+        return None
+    if entry.kind == "d":
+        return record("d", entry.mode, 0, 0, rel)
+    return record("f", entry.mode if mode is None else mode, entry.size, entry.mtime_ns // 1_000_000_000, rel)
 
 
 class _Slot:
@@ -316,15 +347,37 @@ def _unsendable(name: str) -> str | None:
 
 
 def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compare: str, delete: bool,
-                 warn, token: str = "0", trusted: frozenset = frozenset(), remote_links: str = "refuse"
-                 ) -> MappingPlan:
+                 warn, token: str = "0", trusted: frozenset = frozenset(), remote_links: str = "refuse",
+                 list_unchanged: bool = True) -> MappingPlan:
+    """``list_unchanged``: keep a record of each unchanged file (else they
+    are only counted: a run to many hosts would hold one per file per host)."""
     dest = mapping.dest
     result = MappingResult(src=str(mapping.src), dest=dest)
     plan = MappingPlan(mapping=mapping, result=result)
     exclude = trees.excluder(mapping)
+    prefix = dest if dest.endswith("/") else dest + "/"
     remote: dict[str, RemoteEntry] = listing.entries.get(dest, {})
+    #: the records of entries that need nothing when their local twin expects just that record
+    same: "set[bytes] | frozenset" = frozenset()
+    expected: "list[bytes | None] | itertools.repeat" = itertools.repeat(None)
+    records = listing.records.get(dest)
+    if records is not None:
+        # Entries whose record is the expected one need nothing: only the
+        # others are parsed and compared field by field.
+        differing = records
+        if compare != "checksum" and dest not in listing.dest_links:
+            expected = trees.expected(mapping)
+            differing = records.difference(expected)
+            same = records
+        remote = {}
+        for item in differing:
+            rel, entry = parse_record(item)
+            path = prefix + rel if rel else dest
+            entry.sha256 = listing.sums.get(path)
+            remote[path] = entry
     root = remote.get(dest)
     files = result.files
+    plan.differing = len(remote)
 
     if mapping.is_dir and root is not None and root.kind != "d":
         plan.error = f"dest {dest} exists and is not a folder: remove it or change dest"
@@ -355,8 +408,16 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
             found = placed[folder] = building.get(folder) or (posixpath.join(folder, staging), folder)
         return found
 
-    prefix = dest if dest.endswith("/") else dest + "/"
-    for entry in local:
+    unchanged = 0
+    for entry, expect in zip(local, expected):
+        if expect is not None and expect in same and not (trusted and entry.path in trusted):
+            if entry.kind == "d":
+                mirrored.add(prefix + entry.rel)
+            else:
+                unchanged += 1
+                if list_unchanged:
+                    files.append(FileResult(prefix + entry.rel, "skip", "unchanged", entry.size, flags=".f         "))
+            continue
         path = prefix + entry.rel if entry.rel else dest
         wanted.add(path)
         folder, _, name = path.rpartition("/")
@@ -432,7 +493,9 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
                 if plan.chowns and plan.chowns[-1] == path:
                     files.append(FileResult(path, "chown", "owner", flags=".L....og..."))
                 else:
-                    files.append(FileResult(path, "skip", "unchanged", flags=".L         "))
+                    unchanged += 1
+                    if list_unchanged:
+                        files.append(FileResult(path, "skip", "unchanged", flags=".L         "))
             else:
                 record = FileResult(path, "link", "new" if there is None else "changed", flags=NEW_LINK)
                 files.append(record)
@@ -455,7 +518,9 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
             if plan.chowns and plan.chowns[-1] == path:
                 files.append(FileResult(path, "chown", "owner", entry.size, flags=".f....og..."))
             else:
-                files.append(FileResult(path, "skip", reason, entry.size, flags=".f         "))
+                unchanged += 1
+                if list_unchanged:
+                    files.append(FileResult(path, "skip", reason, entry.size, flags=".f         "))
         elif reason in ("mode", "mtime-only"):
             if reason == "mtime-only":
                 plan.touches.append((entry.mtime_ns // 1_000_000_000, path))
@@ -504,6 +569,7 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
             if parent in mirrored or parent in kept:
                 top.append(path)
         plan.deletes = top
+    result.unchanged = unchanged if not list_unchanged else 0
     return plan
 
 
@@ -576,8 +642,9 @@ def _compare_file(entry: LocalEntry, there: RemoteEntry | None, compare: str, mo
 
 
 def plan_host(token: str, mappings: list[Mapping], listing: Listing, trees: LocalTrees, *, compare: str,
-              delete: bool, warn, trusted: frozenset = frozenset(), remote_links: str = "refuse") -> HostPlan:
+              delete: bool, warn, trusted: frozenset = frozenset(), remote_links: str = "refuse",
+              list_unchanged: bool = True) -> HostPlan:
     plans = [plan_mapping(m, listing, trees, compare=compare, delete=delete, warn=warn, token=token,
-                          trusted=trusted, remote_links=remote_links)
+                          trusted=trusted, remote_links=remote_links, list_unchanged=list_unchanged)
              for m in mappings]
     return HostPlan(token=token, mappings=plans, stale=list(listing.stale))

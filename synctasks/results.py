@@ -60,9 +60,13 @@ class _Tally:
     def sent(self) -> int:
         return self._count("send")
 
+    def _unlisted(self) -> int:
+        """Unchanged files counted without a record each."""
+        return 0
+
     @property
     def skipped(self) -> int:
-        return self._count("skip")
+        return self._count("skip") + self._unlisted()
 
     @property
     def deleted(self) -> int:
@@ -79,11 +83,17 @@ class MappingResult(_Tally):
     src: str
     #: Remote path src became.
     dest: str
-    #: One record per file or folder acted on (skips included).
+    #: One record per file or folder acted on; unchanged files only when
+    #: asked for (``list_unchanged``: -vv), else just counted in ``unchanged``.
     files: list[FileResult] = field(default_factory=list)
+    #: Unchanged files that have no record in ``files`` (part of ``skipped``).
+    unchanged: int = 0
 
     def _all(self) -> list[FileResult]:
         return self.files
+
+    def _unlisted(self) -> int:
+        return self.unchanged
 
     @property
     def changed(self) -> bool:
@@ -124,6 +134,9 @@ class HostResult(_Tally):
 
     def _all(self) -> list[FileResult]:
         return [f for m in self.mappings for f in m.files]
+
+    def _unlisted(self) -> int:
+        return sum(m.unchanged for m in self.mappings)
 
     @property
     def ok(self) -> bool:

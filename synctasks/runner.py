@@ -70,6 +70,7 @@ def options_from(settings: Settings | None, **flags: Any) -> SyncOptions:
         dry_run=bool(flags.get("dry_run")),
         force=bool(flags.get("force")),
         progress=flags.get("progress"),
+        list_unchanged=bool(flags.get("list_unchanged")),
     )
 
 

@@ -86,13 +86,17 @@ def sync_shell(target: Target, mappings: list[Mapping], options: SyncOptions,
     stream, listing = shell.list_host(target, mappings, options,
                                       lambda home: check_delete_safety(mappings, home, options, target.label))
     log.debug("listed %d remote entries in %d dests (listing method: %s)",
-              sum(len(e) for e in listing.entries.values()), len(listing.entries), listing.method)
+              sum(len(e) for e in listing.entries.values()) + sum(len(r) for r in listing.records.values()),
+              len(listing.entries), listing.method)
     for path in listing.unlisted:
         log.warning("%s: a remote name with a newline: this host's listing (%s) cannot carry it; left alone",
                     path, listing.method)
     plan = plan_host(listing.token, mappings, listing, trees, compare=options.compare, delete=options.delete,
                      warn=log.warning, trusted=options.trusted,
-                     remote_links=options.remote_links)
+                     remote_links=options.remote_links, list_unchanged=options.list_unchanged)
+    listing.records.clear()  # planned: the listing's bulk is not needed any more
+    log.debug("planned: %d listed entries differ from what the host should have",
+              sum(p.differing for p in plan.mappings))
     results = [p.result for p in plan.mappings]
     _refuse_busy(plan, listing, target.label)
     _refuse_unwritable(plan, listing, target.label)

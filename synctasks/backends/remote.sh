@@ -128,7 +128,13 @@ if [ "$mode" != ops ]; then
     if [ -e "$d" ] || [ -h "$d" ]; then
       # A file dest that is a link is listed through it: say so.
       if [ "$k" = f ] && [ -h "$d" ]; then printf 'Y%s\0' "$(readlink "$d")"; fi
-      if [ $lm = gnu ]; then
+      if [ $lm = gnu ] && [ "$own" = '\0' ]; then
+        # R records: kind+mode size seconds path-below-dest, byte for byte
+        # what the client expects of an unchanged entry (compared whole).
+        TZ=UTC0 find -H "$d" $depth -name "$PAT" -prune -exec sh -c "$STALE" sh {} + \
+          -o -type f -printf 'Rf%m %s %Ts %P\0' -o -type d -printf 'Rd%m 0 0 %P\0' \
+          -o -type l -printf 'Rl%m 0 0 %P\0%l\0' -o -printf 'R%y%m %s %Ts %P\0'
+      elif [ $lm = gnu ]; then
         find -H "$d" $depth -name "$PAT" -prune -exec sh -c "$STALE" sh {} + \
           -o -printf "E%y %m %s %T@ %U %G %p\\0%l\\0$own\\0"
       else

@@ -390,7 +390,8 @@ def _list_plan_apply(sftp, token: str, label: str, mappings: list[Mapping], opti
     log.debug("listed %d remote entries in %d dests over SFTP",
               sum(len(e) for e in listing.entries.values()), len(listing.entries))
     plan = plan_host(token, mappings, listing, trees, compare=options.compare, delete=options.delete,
-                     warn=log.warning, trusted=options.trusted, remote_links=options.remote_links)
+                     warn=log.warning, trusted=options.trusted, remote_links=options.remote_links,
+                     list_unchanged=options.list_unchanged)
     results = [p.result for p in plan.mappings]
     check_delete_safety(mappings, listing.home, options, label)
     if not options.dry_run and plan.has_work:
