@@ -410,14 +410,17 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
 
     unchanged = 0
     for entry, expect in zip(local, expected):
-        if expect is not None and expect in same and not (trusted and entry.path in trusted):
-            if entry.kind == "d":
-                mirrored.add(prefix + entry.rel)
-            else:
-                unchanged += 1
-                if list_unchanged:
-                    files.append(FileResult(prefix + entry.rel, "skip", "unchanged", entry.size, flags=".f         "))
-            continue
+        if expect is not None and expect in same:
+            if not (trusted and entry.path in trusted):
+                if entry.kind == "d":
+                    mirrored.add(prefix + entry.rel)
+                else:
+                    unchanged += 1
+                    if list_unchanged:
+                        files.append(FileResult(prefix + entry.rel, "skip", "unchanged", entry.size,
+                                                flags=".f         "))
+                continue
+            remote[prefix + entry.rel] = parse_record(expect)[1]  # the watcher saw it change: compare it
         path = prefix + entry.rel if entry.rel else dest
         wanted.add(path)
         folder, _, name = path.rpartition("/")

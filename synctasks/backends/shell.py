@@ -661,7 +661,8 @@ class ShellRun:
             for mode, path in mapping_plan.chmods:
                 by_mode.setdefault(mode, []).append(path)
             for new_dir in mapping_plan.new_dirs:
-                if new_dir.base not in careful and new_dir.mode & 0o700 != 0o700:  # built writable
+                # Built writable, and mkdir leaves setgid/sticky bits out.
+                if new_dir.base not in careful and (new_dir.mode & 0o700 != 0o700 or new_dir.mode & 0o7000):
                     by_mode.setdefault(new_dir.mode & 0o7777, []).append(new_dir.path)
             # Deepest first, so a folder made read-only is chmodded after its contents.
             for mode, paths in sorted(by_mode.items()):

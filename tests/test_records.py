@@ -1,0 +1,160 @@
+"""Listings as R records (issue 10): a GNU host lists each entry as one
+record that the client compares whole with the record it expects, and only
+differing entries are parsed and planned. Planning from records must decide
+exactly what planning from parsed entries decides; on a real host an
+unchanged tree must match record for record."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from conftest import MAIN_HOSTS
+
+from synctasks.inputs import Mapping
+from synctasks.listing import Listing, RemoteEntry, parse_listing, parse_record, record
+from synctasks.plan import LocalTrees, plan_mapping
+
+DEST = "/d/site"
+T = 1_700_000_000
+
+
+def test_record_round_trip_and_listing_parse():
+    rows = [record("f", 0o4755, 12, T, "a b/c -x".encode()), record("d", 0o2775, 0, 0, b"dir \xe9"),
+            record("f", 0o644, 0, -100, b"old")]
+    link = record("l", 0o777, 0, 0, b"ln") + b"\0target with space"
+    data = b"\0".join([b"M" + DEST.encode(), record("d", 0o755, 0, 0, b""), *rows, link, b"Ztok", b""])
+    listing = parse_listing(data)
+    assert listing.records[DEST] == {record("d", 0o755, 0, 0, b""), *rows, link}
+    assert parse_record(rows[0]) == ("a b/c -x", RemoteEntry("f", 0o4755, 12, T))
+    assert parse_record(rows[1]) == ("dir \udce9", RemoteEntry("d", 0o2775, 0, 0))
+    assert parse_record(rows[2])[1].mtime == -100
+    assert parse_record(link) == ("ln", RemoteEntry("l", 0o777, 0, 0, "target with space"))
+
+
+def _tree(tmp_path):
+    src = tmp_path / "src"
+    for rel, body in [("same.txt", "1234"), ("bigger.txt", "12345"), ("touched.txt", "abcd"),
+                      ("chmodded.txt", "abcd"), ("sub/deep.txt", "x"), ("retyped", "was a folder"),
+                      ("new.txt", "n"), ("watched.txt", "w"), ("odd\nname", "nl")]:
+        path = src / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(body)
+        os.utime(path, (T, T))
+    (src / "sub2").mkdir()
+    os.symlink("same.txt", src / "link-same")
+    os.symlink("same.txt", src / "link-changed")
+    for path in [src, src / "sub", src / "sub2"]:
+        path.chmod(0o755)
+    return src
+
+
+def _remote(src) -> dict[str, RemoteEntry]:
+    """What the host has: some entries equal, some different, some extra."""
+    def f(size, mtime=T, mode=0o644):
+        return RemoteEntry("f", mode, size, mtime)
+    rel = {"": RemoteEntry("d", 0o755, 0, 0), "same.txt": f(4), "bigger.txt": f(4), "touched.txt": f(4, T + 9),
+           "chmodded.txt": f(4, mode=0o600), "sub": RemoteEntry("d", 0o2755, 0, 0), "sub/deep.txt": f(1),
+           "retyped": RemoteEntry("d", 0o755, 0, 0), "retyped/inner": f(1), "watched.txt": f(1),
+           "odd\nname": f(2), "sub2": RemoteEntry("d", 0o700, 0, 0),
+           "link-same": RemoteEntry("l", 0o777, 0, 0, "same.txt"),
+           "link-changed": RemoteEntry("l", 0o777, 0, 0, "elsewhere"),
+           "extra": RemoteEntry("d", 0o755, 0, 0), "extra/file": f(3)}
+    return {(f"{DEST}/{k}" if k else DEST): v for k, v in rel.items()}
+
+
+def _as_records(remote: dict[str, RemoteEntry]) -> set[bytes]:
+    rows = set()
+    for path, e in remote.items():
+        rel = path[len(DEST) + 1:].encode("utf-8", "surrogateescape")
+        row = record(e.kind, e.mode, e.size, e.mtime if e.kind == "f" else 0, rel)
+        rows.add(row + b"\0" + e.link.encode() if e.kind == "l" else row)
+    return rows
+
+
+def _decisions(plan):
+    return ([f.to_dict() for f in plan.result.files], plan.sends and [(s.result.path, s.mode) for s in plan.sends],
+            plan.links and [s.result.path for s in plan.links], plan.chmods, plan.touches, plan.removes,
+            plan.deletes, [d.path for d in plan.new_dirs], plan.result.skipped, plan.result.sent)
+
+
+@pytest.mark.parametrize("delete", [False, True])
+@pytest.mark.parametrize("mode", [None, 0o640])
+def test_planning_from_records_decides_as_from_entries(tmp_path, delete, mode):
+    src = _tree(tmp_path)
+    mapping = Mapping(src=src, dest=DEST, is_dir=True, mode=mode)
+    remote = _remote(src)
+    trusted = frozenset({str(src / "watched.txt")})
+    kwargs = dict(compare="size-mtime", delete=delete, warn=lambda _: None, trusted=trusted)
+    by_entries = plan_mapping(mapping, Listing(entries={DEST: remote}), LocalTrees(), **kwargs)
+    by_records = plan_mapping(mapping, Listing(records={DEST: _as_records(remote)}), LocalTrees(), **kwargs)
+    assert _decisions(by_records) == _decisions(by_entries)
+    actions = {f.path: f.action for f in by_records.result.files}
+    assert actions[f"{DEST}/watched.txt"] == "send" and actions[f"{DEST}/odd\nname"] == "fail"
+    if mode is None:
+        assert actions[f"{DEST}/same.txt"] == "skip" and actions[f"{DEST}/chmodded.txt"] == "chmod"
+        # unchanged by their records alone: the root, links, the newline name,
+        # the trusted file and the differing ones are compared field by field
+        assert by_records.differing < len(remote) and by_entries.differing == len(remote)
+
+
+def test_unchanged_files_are_counted_not_kept(tmp_path):
+    src = _tree(tmp_path)
+    mapping = Mapping(src=src, dest=DEST, is_dir=True)
+    listing = Listing(records={DEST: _as_records(_remote(src))})
+    listed = plan_mapping(mapping, listing, LocalTrees(), compare="size-mtime", delete=False, warn=print)
+    counted = plan_mapping(mapping, listing, LocalTrees(), compare="size-mtime", delete=False, warn=print,
+                           list_unchanged=False)
+    assert counted.result.skipped == listed.result.skipped >= 3
+    assert not [f for f in counted.result.files if f.reason == "unchanged"]
+    assert [f for f in listed.result.files if f.reason == "unchanged"]
+    assert _decisions(counted)[1:8] == _decisions(listed)[1:8]
+
+
+def test_checksum_and_linked_dest_compare_every_entry(tmp_path):
+    src = _tree(tmp_path)
+    rows = _as_records(_remote(src))
+    checked = plan_mapping(Mapping(src=src, dest=DEST, is_dir=True), Listing(records={DEST: rows}), LocalTrees(),
+                           compare="checksum", delete=False, warn=print)
+    assert checked.differing == len(rows)  # a record cannot say the content is equal
+    assert {f.path for f in checked.result.files if f.action == "send"} >= {f"{DEST}/same.txt"}
+    one = tmp_path / "one.txt"
+    one.write_text("1234")
+    os.utime(one, (T, T))
+    linked = Listing(records={"/d/one.txt": {record("f", one.stat().st_mode & 0o7777, 4, T, b"")}},
+                     dest_links={"/d/one.txt": "/etc/passwd"})
+    plan = plan_mapping(Mapping(src=one, dest="/d/one.txt", is_dir=False), linked, LocalTrees(),
+                        compare="size-mtime", delete=False, warn=print)
+    assert [f.action for f in plan.result.files] == ["fail"] and "symlink" in plan.result.files[0].reason
+
+
+def test_unchanged_tree_matches_record_for_record(project, server, remote, capsys):
+    """On a real GNU host, after a sync, every entry but the root (always
+    compared) is known unchanged from its record: the format the script
+    prints and the one the client expects agree, byte for byte, for awkward
+    names, odd modes and a pre-1970 time."""
+    files = {"plain.txt": 0o644, "with space.txt": 0o600, "-leading dash": 0o755, "ünïcödé.txt": 0o4755,
+             "sub/quote'\"$;.txt": 0o640, "sub/deeper/x": 0o444}
+    for rel, mode in files.items():
+        project.file(f"site/{rel}", rel, mode=mode)
+    (project.root / "site/empty").mkdir()
+    (project.root / "site/sub").chmod(0o2750)
+    os.symlink("plain.txt", project.root / "site/link")
+    weird = os.fsencode(project.root / "site") + b"/latin1-\xe9.txt"
+    with open(weird, "wb") as handle:
+        handle.write(b"bytes")
+    old = project.file("site/old.txt", "sixties")
+    os.utime(old, (-100_000.5, -100_000.5))
+    project.add_host(server, MAIN_HOSTS[0], [{"src": "site", "dest": f"{remote}/www"}])
+    assert project.run(capsys=capsys)[0] == 0
+    assert (remote / "www/sub").stat().st_mode & 0o7777 == 0o2750  # converged in one run
+    log = project.root / "logs/info.log"
+    log.write_text("")
+    report = project.root / "report.json"
+    status, out, err = project.run("--json", str(report), "-v", capsys=capsys)
+    host = json.loads(report.read_text())["hosts"][0]
+    assert status == 0 and host["changed"] is False and host["skipped"] == len(files) + 3, (out, err)
+    lines = [line for line in log.read_text().splitlines() if "listed entries differ" in line]
+    # the root and the link (links are compared by target) only
+    assert lines and lines[-1].endswith("planned: 2 listed entries differ from what the host should have"), lines
