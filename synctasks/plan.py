@@ -153,6 +153,10 @@ def _local(path: str, rel: str, info: os.stat_result, kind: str, link: str = "")
                       link=link)
 
 
+def _name(entry: os.DirEntry) -> str:
+    return entry.name
+
+
 def walk(mapping: Mapping, exclude: Excluder, symlinks: str, warn) -> list[LocalEntry]:
     """Every file, folder and link under ``mapping.src`` that is not excluded.
 
@@ -169,14 +173,17 @@ def walk(mapping: Mapping, exclude: Excluder, symlinks: str, warn) -> list[Local
     real_root = os.path.realpath(root)
     #: (folder to read, rel prefix, real paths of the folders above it)
     stack: list[tuple[str, str, frozenset]] = [(root, "", frozenset({real_root}))]
+    excluding = exclude.spec is not None
+    follow = symlinks == "follow"
+    append = entries.append
     while stack:
         folder, prefix, above = stack.pop()
         try:
             with os.scandir(folder) as it:
-                children = sorted(it, key=lambda e: e.name)
+                children = sorted(it, key=_name)
         except OSError as exc:
             warn(f"{folder}: cannot read folder ({exc.strerror}): skipped, and nothing below it is deleted")
-            entries.append(LocalEntry(rel=prefix.rstrip("/"), kind="x", path=folder))
+            append(LocalEntry(rel=prefix.rstrip("/"), kind="x", path=folder))
             continue
         subfolders = []
         for child in children:
@@ -185,10 +192,10 @@ def walk(mapping: Mapping, exclude: Excluder, symlinks: str, warn) -> list[Local
                 child_info = child.stat(follow_symlinks=False)
             except OSError as exc:
                 warn(f"{child.path}: cannot stat ({exc.strerror}): skipped")
-                entries.append(LocalEntry(rel=rel, kind="x", path=child.path))
+                append(LocalEntry(rel=rel, kind="x", path=child.path))
                 continue
             mode = child_info.st_mode
-            if stat.S_ISLNK(mode) and symlinks == "follow":
+            if follow and stat.S_ISLNK(mode):
                 target = os.path.realpath(child.path)
                 if os.path.commonpath([target, real_root]) != real_root:
                     warn(f"{child.path}: symlink leads out of src (to {target}): skipped (symlinks = follow)")
@@ -202,23 +209,27 @@ def walk(mapping: Mapping, exclude: Excluder, symlinks: str, warn) -> list[Local
                     warn(f"{child.path}: dangling symlink ({exc.strerror}): skipped")
                     continue
                 mode = child_info.st_mode
-            if stat.S_ISDIR(mode):
-                if exclude(rel, True):
+            kind = mode & 0o170000
+            if kind == stat.S_IFREG:
+                if not (excluding and exclude(rel, False)):
+                    append(LocalEntry(rel, "f", child.path, child_info.st_size, child_info.st_mtime_ns,
+                                      child_info.st_atime_ns, mode & 0o7777))
+            elif kind == stat.S_IFDIR:
+                if excluding and exclude(rel, True):
                     continue
-                entries.append(_local(child.path, rel, child_info, "d"))
+                append(LocalEntry(rel, "d", child.path, 0, child_info.st_mtime_ns, child_info.st_atime_ns,
+                                  mode & 0o7777))
                 # Loops can only come through followed links: only then is
                 # each folder's real path worth its cost.
-                chain = above | {os.path.realpath(child.path)} if symlinks == "follow" else above
+                chain = above | {os.path.realpath(child.path)} if follow else above
                 subfolders.append((child.path, rel + "/", chain))
-            elif exclude(rel, False):
+            elif excluding and exclude(rel, False):
                 continue
-            elif stat.S_ISREG(mode):
-                entries.append(_local(child.path, rel, child_info, "f"))
-            elif stat.S_ISLNK(mode):
+            elif kind == stat.S_IFLNK:
                 if symlinks == "skip":
                     warn(f"{child.path}: symlink skipped (symlinks = skip)")
                     continue
-                entries.append(_local(child.path, rel, child_info, "l", os.readlink(child.path)))
+                append(_local(child.path, rel, child_info, "l", os.readlink(child.path)))
             else:
                 warn(f"{child.path}: not a regular file, folder or symlink (socket, FIFO or device): skipped")
         stack.extend(reversed(subfolders))
