@@ -1,43 +1,26 @@
 """Plan one host: walk each src, compare with the remote listing, and decide
 per file: send, skip, chmod, touch, link, make a folder, or delete.
 
-Pure logic over local files and a parsed listing; nothing here talks to a
-host, so it is tested without one.
+Pure logic over the local trees (:mod:`synctasks.local`) and a parsed
+listing; nothing here talks to a host, so it is tested without one.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import os
 import posixpath
 import stat
-import threading
 from dataclasses import dataclass, field
 
 from .inputs import Mapping
-from .listing import Listing, RemoteEntry, parse_record, record, staging_name
+from .listing import Listing, RemoteEntry, parse_record, staging_name
+from .local import NAME_MAX, LocalEntry, LocalTrees, sha256_file
 from .results import CHANGING, FileResult, MappingResult
 
 NEW_FILE = ">f+++++++++"
 NEW_DIR = "cd+++++++++"
 NEW_LINK = "cL+++++++++"
 DELETING = "*deleting  "
-NAME_MAX = 255
-BLOB_MAX = 64 * 1024  #: files up to this size are read once per run, whatever the number of hosts
-BLOB_BUDGET = 32 * 1024 * 1024  #: at most this much of them is kept
-
-
-@dataclass(slots=True)
-class LocalEntry:
-    rel: str  #: path below the mapping root, "/"-separated ("" for the root)
-    kind: str  #: f, d or l; x: could not be read (its remote copy is left alone)
-    path: str  #: absolute local path
-    size: int = 0
-    mtime_ns: int = 0
-    atime_ns: int = 0
-    mode: int = 0o644
-    link: str = ""
 
 
 @dataclass(slots=True)
@@ -129,225 +112,6 @@ class HostPlan:
     @property
     def has_work(self) -> bool:
         return bool(self.stale) or any(p.has_work for p in self.mappings)
-
-
-class Excluder:
-    """gitignore-style patterns, matched against paths below a mapping root."""
-
-    def __init__(self, patterns: tuple[str, ...] | list[str]):
-        self.spec = None
-        if patterns:
-            import pathspec  # only runs that exclude something pay for the import
-
-            self.spec = pathspec.GitIgnoreSpec.from_lines(list(patterns))
-
-    def __call__(self, rel: str, is_dir: bool) -> bool:
-        if self.spec is None or not rel:
-            return False
-        return self.spec.match_file(rel + "/" if is_dir else rel)
-
-
-def _local(path: str, rel: str, info: os.stat_result, kind: str, link: str = "") -> LocalEntry:
-    return LocalEntry(rel=rel, kind=kind, path=path, size=info.st_size if kind == "f" else 0,
-                      mtime_ns=info.st_mtime_ns, atime_ns=info.st_atime_ns, mode=stat.S_IMODE(info.st_mode),
-                      link=link)
-
-
-def _name(entry: os.DirEntry) -> str:
-    return entry.name
-
-
-def walk(mapping: Mapping, exclude: Excluder, symlinks: str, warn) -> list[LocalEntry]:
-    """Every file, folder and link under ``mapping.src`` that is not excluded.
-
-    ``symlinks``: ``copy`` keeps links as links (rsync -a); ``skip`` leaves
-    them out, with a warning; ``follow`` sends what a link points to when
-    that is inside src, and warns about (and skips) links that lead out of
-    src, dangle, or loop back to a folder being walked.
-    """
-    root = str(mapping.src)
-    info = os.stat(root)
-    if not mapping.is_dir:
-        return [_local(root, "", info, "f")]
-    entries = [_local(root, "", info, "d")]
-    real_root = os.path.realpath(root)
-    #: (folder to read, rel prefix, real paths of the folders above it)
-    stack: list[tuple[str, str, frozenset]] = [(root, "", frozenset({real_root}))]
-    excluding = exclude.spec is not None
-    follow = symlinks == "follow"
-    append = entries.append
-    while stack:
-        folder, prefix, above = stack.pop()
-        try:
-            with os.scandir(folder) as it:
-                children = sorted(it, key=_name)
-        except OSError as exc:
-            warn(f"{folder}: cannot read folder ({exc.strerror}): skipped, and nothing below it is deleted")
-            append(LocalEntry(rel=prefix.rstrip("/"), kind="x", path=folder))
-            continue
-        subfolders = []
-        for child in children:
-            rel = prefix + child.name
-            try:
-                child_info = child.stat(follow_symlinks=False)
-            except OSError as exc:
-                warn(f"{child.path}: cannot stat ({exc.strerror}): skipped")
-                append(LocalEntry(rel=rel, kind="x", path=child.path))
-                continue
-            mode = child_info.st_mode
-            if follow and stat.S_ISLNK(mode):
-                target = os.path.realpath(child.path)
-                if os.path.commonpath([target, real_root]) != real_root:
-                    warn(f"{child.path}: symlink leads out of src (to {target}): skipped (symlinks = follow)")
-                    continue
-                if target in above:
-                    warn(f"{child.path}: symlink loops back to {target}: skipped")
-                    continue
-                try:
-                    child_info = os.stat(child.path)
-                except OSError as exc:
-                    warn(f"{child.path}: dangling symlink ({exc.strerror}): skipped")
-                    continue
-                mode = child_info.st_mode
-            kind = mode & 0o170000
-            if kind == stat.S_IFREG:
-                if not (excluding and exclude(rel, False)):
-                    append(LocalEntry(rel, "f", child.path, child_info.st_size, child_info.st_mtime_ns,
-                                      child_info.st_atime_ns, mode & 0o7777))
-            elif kind == stat.S_IFDIR:
-                if excluding and exclude(rel, True):
-                    continue
-                append(LocalEntry(rel, "d", child.path, 0, child_info.st_mtime_ns, child_info.st_atime_ns,
-                                  mode & 0o7777))
-                # Loops can only come through followed links: only then is
-                # each folder's real path worth its cost.
-                chain = above | {os.path.realpath(child.path)} if follow else above
-                subfolders.append((child.path, rel + "/", chain))
-            elif excluding and exclude(rel, False):
-                continue
-            elif kind == stat.S_IFLNK:
-                if symlinks == "skip":
-                    warn(f"{child.path}: symlink skipped (symlinks = skip)")
-                    continue
-                append(_local(child.path, rel, child_info, "l", os.readlink(child.path)))
-            else:
-                warn(f"{child.path}: not a regular file, folder or symlink (socket, FIFO or device): skipped")
-        stack.extend(reversed(subfolders))
-    return entries
-
-
-class LocalTrees:
-    """Walks each local src once per run, shared by every host that maps it.
-
-    A background thread can start the walks (:meth:`prefetch`) while the
-    connections are still being made; :meth:`get` waits for, or does, the walk.
-    """
-
-    def __init__(self, global_exclude: tuple[str, ...] = (), symlinks: str = "copy", warn=print):
-        self.global_exclude = tuple(global_exclude)
-        self.symlinks = symlinks
-        self.warn = warn
-        self._lock = threading.Lock()
-        self._slots: dict[tuple, "_Slot"] = {}
-        #: contents of small files already read for one host, for the others
-        #: (one read per run, and every host gets the same bytes)
-        self.blobs: dict[str, bytes] = {}
-        self.blob_room = BLOB_BUDGET
-        #: SHA-256 of local files, hashed once per run whatever the number of hosts
-        self._sums: dict[tuple, str] = {}
-        self._sum_lock = threading.Lock()
-        #: (tree, file mode) -> the R record each entry has on a host where it is unchanged
-        self._expected: dict[tuple, list[bytes | None]] = {}
-        self._expected_lock = threading.Lock()
-
-    def sha256(self, entry: "LocalEntry") -> str:
-        key = (entry.path, entry.size, entry.mtime_ns)
-        found = self._sums.get(key)
-        if found is None:
-            # Hosts plan side by side: without the lock each would hash
-            # every file itself (hashing small files holds the GIL anyway).
-            with self._sum_lock:
-                found = self._sums.get(key)
-                if found is None:
-                    found = self._sums[key] = sha256_file(entry.path)
-        return found
-
-    def remember(self, path: str, data: bytes) -> None:
-        with self._lock:
-            if len(data) <= BLOB_MAX and len(data) <= self.blob_room and path not in self.blobs:
-                self.blobs[path] = data
-                self.blob_room -= len(data)
-
-    def excluder(self, mapping: Mapping) -> Excluder:
-        return Excluder(self.global_exclude + tuple(mapping.exclude))
-
-    def get(self, mapping: Mapping) -> list[LocalEntry]:
-        key = (str(mapping.src), mapping.is_dir, tuple(mapping.exclude))
-        with self._lock:
-            slot = self._slots.get(key)
-            owner = slot is None
-            if owner:
-                slot = self._slots[key] = _Slot()
-        if owner:
-            try:
-                slot.entries = walk(mapping, self.excluder(mapping), self.symlinks, self.warn)
-            except BaseException as exc:
-                slot.error = exc
-            finally:
-                slot.done.set()
-        slot.done.wait()
-        if slot.error is not None:
-            raise slot.error
-        return slot.entries
-
-    def expected(self, mapping: Mapping) -> list[bytes | None]:
-        """Per local entry (in :meth:`get`'s order), the R record a host
-        lists for it when it needs nothing (see :func:`listing.record`), or
-        None where only the full compare can say (the root, links, names
-        that cannot be sent). Made once per run for every host."""
-        local = self.get(mapping)
-        key = (str(mapping.src), mapping.is_dir, tuple(mapping.exclude), mapping.mode)
-        with self._expected_lock:
-            found = self._expected.get(key)
-            if found is None:
-                found = self._expected[key] = [_expected(entry, mapping.mode) for entry in local]
-        return found
-
-    def prefetch(self, mappings: list[Mapping]) -> None:
-        def run() -> None:
-            for mapping in mappings:
-                try:
-                    self.get(mapping)
-                except Exception:
-                    pass  # the host that needs it gets the error
-        threading.Thread(target=run, name="walk-local", daemon=True).start()
-
-
-def _expected(entry: LocalEntry, mode: int | None) -> bytes | None:
-    if not entry.rel or entry.kind not in "df":
-        return None
-    rel = entry.rel.encode("utf-8", "surrogateescape")
-    if b"\n" in rel or (len(rel) > NAME_MAX and any(len(part) > NAME_MAX for part in rel.split(b"/"))):
-        return None
-    if entry.kind == "d":
-        return record("d", entry.mode, 0, 0, rel)
-    return record("f", entry.mode if mode is None else mode, entry.size, entry.mtime_ns // 1_000_000_000, rel)
-
-
-class _Slot:
-    def __init__(self):
-        self.done = threading.Event()
-        self.entries: list[LocalEntry] = []
-        self.error: BaseException | None = None
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def _unsendable(name: str) -> str | None:
     if "\n" in name:

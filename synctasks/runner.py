@@ -41,7 +41,7 @@ from .errors import GroupSyncFailed, InputError, Interrupted, SyncFailed, SyncTa
 from .inputs import HostEntry, Inventory, Mapping, Settings, check_mapping_dests, load_inventory, resolve_mapping
 from .logger import add_secret, get_logger, redact
 from .options import SyncOptions
-from .plan import LocalTrees
+from .local import LocalTrees
 from .results import DONE, NO_MAPPING, NOT_STARTED, STOPPED, GroupResult, HostResult
 from .transfer import remote_status, sync_connection
 

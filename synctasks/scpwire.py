@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from .channel import Stream, marker
 from .errors import RemoteError
-from .plan import BLOB_MAX, LocalTrees, NewDir, Send
+from .local import BLOB_MAX, LocalTrees
+from .plan import NewDir, Send
 
 CHUNK = 1 << 20  #: bytes read from a local file at a time
 FLUSH = 1 << 18  #: small files are batched into writes of about this size

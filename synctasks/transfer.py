@@ -21,7 +21,8 @@ from .inputs import Mapping
 from .listing import Listing
 from .logger import get_logger
 from .options import STALL_TIMEOUT, SyncOptions
-from .plan import HostPlan, LocalTrees, plan_host, unsafe_for_delete
+from .local import LocalTrees
+from .plan import HostPlan, plan_host, unsafe_for_delete
 from .results import HostResult, MappingResult
 
 __all__ = ["SyncOptions", "sync_connection", "remote_status", "check_delete_safety"]

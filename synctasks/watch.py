@@ -63,7 +63,7 @@ from .errors import AuthError, HostKeyError, InputError, SyncTasksError
 from .inputs import HostEntry, Inventory, Mapping
 from .logger import get_logger, redact
 from .options import SyncOptions
-from .plan import Excluder, LocalTrees
+from .local import Excluder, LocalTrees
 from .results import HostResult
 
 #: Quiet time (ms) after the last event before a batch is handed over,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 
 from synctasks.inputs import Mapping
-from synctasks.plan import Excluder, LocalTrees, plan_mapping
+from synctasks.local import Excluder, LocalTrees
+from synctasks.plan import plan_mapping
 from synctasks.listing import Listing, RemoteEntry, parse_listing
 
 

@@ -14,7 +14,8 @@ from conftest import MAIN_HOSTS
 
 from synctasks.inputs import Mapping
 from synctasks.listing import Listing, RemoteEntry, parse_listing, parse_record, record
-from synctasks.plan import LocalTrees, plan_mapping
+from synctasks.local import LocalTrees
+from synctasks.plan import plan_mapping
 
 DEST = "/d/site"
 T = 1_700_000_000

@@ -34,7 +34,8 @@ from ..inputs import Mapping
 from ..listing import Listing, RemoteEntry, kind_of, staging_name
 from ..logger import get_logger
 from ..options import SyncOptions
-from ..plan import HostPlan, LocalTrees, MappingPlan, plan_host
+from ..local import LocalTrees
+from ..plan import HostPlan, MappingPlan, plan_host
 
 HEARTBEAT = 1.0  #: seconds between touches of a live run's staging folders
 STALE_AFTER = 5.0  #: a staging folder untouched this long belongs to no live run

@@ -38,7 +38,8 @@ from ..inputs import Mapping
 from ..listing import Listing, parse_listing, staging_name
 from ..logger import get_logger
 from ..options import STALL_TIMEOUT, SyncOptions
-from ..plan import HostPlan, LocalTrees, MappingPlan, NewDir, Send, chown_spec
+from ..local import LocalTrees
+from ..plan import HostPlan, MappingPlan, NewDir, Send, chown_spec
 from ..scpwire import ScpStream, read_scp_answers, scp_records, send_scp
 
 def _compact(script: str) -> str:
