@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import MAIN_HOSTS, give
 
+from synctasks import local
 from synctasks import plan as planning
 from synctasks.constants import STAGING_PREFIX
 from synctasks.inputs import Mapping
@@ -64,7 +65,7 @@ def test_unreadable_local_folder_protects_its_remote_copy(tmp_path, monkeypatch)
             raise PermissionError(13, "Permission denied")
         return real_scandir(path)
 
-    monkeypatch.setattr(planning.os, "scandir", scandir)
+    monkeypatch.setattr(local.os, "scandir", scandir)
     mode = src.stat().st_mode & 0o7777
     listing = Listing(entries={"/d": {
         "/d": RemoteEntry("d", mode, 0, 0),
@@ -74,7 +75,7 @@ def test_unreadable_local_folder_protects_its_remote_copy(tmp_path, monkeypatch)
     }})
     warnings = []
     result = planning.plan_mapping(Mapping(src=src, dest="/d", is_dir=True), listing,
-                                   planning.LocalTrees(warn=warnings.append),
+                                   local.LocalTrees(warn=warnings.append),
                                    compare="size-mtime", delete=True, warn=warnings.append)
     assert result.deletes == ["/d/stale.txt"]
     assert any("nothing below it is deleted" in w for w in warnings)
@@ -204,7 +205,7 @@ def test_excluded_file_keeps_its_extraneous_folder(tmp_path):
         "/d/gone/x": RemoteEntry("f", 0o644, 1, 1),
     }})
     result = planning.plan_mapping(Mapping(src=src, dest="/d", is_dir=True, exclude=("*.log",)), listing,
-                                   planning.LocalTrees(), compare="size-mtime", delete=True, warn=print)
+                                   local.LocalTrees(), compare="size-mtime", delete=True, warn=print)
     assert sorted(result.deletes) == ["/d/gone", "/d/old/junk.txt"]
 
 
