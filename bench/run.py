@@ -35,6 +35,7 @@ import stat
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,13 +239,17 @@ class Bench:
                   flags: tuple[str, ...] = ()) -> tuple[float, int]:
         """Run the whole synctasks process; (seconds, peak RSS KiB)."""
         argv = self.argv(entry, self.write_project(mappings, address_port), flags)
-        started = time.perf_counter()
-        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - started
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"{argv[0]} sync failed: {process.stderr.read().decode()}")
-        process.stderr.close()
+        # stderr goes to a file: a pipe read only after the wait would
+        # block a run that writes more than a pipe holds.
+        with tempfile.TemporaryFile() as errors:
+            started = time.perf_counter()
+            process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errors, cwd=ROOT)
+            _, status, usage = os.wait4(process.pid, 0)
+            seconds = time.perf_counter() - started
+            process.returncode = os.waitstatus_to_exitcode(status)
+            if process.returncode != 0:
+                errors.seek(0)
+                raise SystemExit(f"{argv[0]} sync failed: {errors.read().decode(errors='replace')[-4000:]}")
         self.last_usage = usage
         return seconds, usage.ru_maxrss
 

@@ -144,7 +144,11 @@ class LocalTrees:
     connections are still being made; :meth:`get` waits for, or does, the walk.
     """
 
-    def __init__(self, global_exclude: tuple[str, ...] = (), symlinks: str = "copy", warn=print):
+    def __init__(self, global_exclude: tuple[str, ...] = (), symlinks: str = "copy", warn=print,
+                 checksum: bool = False):
+        #: --checksum: every file is hashed with the walk (once, and beside
+        #: the listings: not by each host's planning, one file at a time)
+        self.checksum = checksum
         self.global_exclude = tuple(global_exclude)
         self.symlinks = symlinks
         self.warn = warn
@@ -203,14 +207,20 @@ class LocalTrees:
 
     def _walk(self, mapping: Mapping, key: tuple) -> list[LocalEntry]:
         exclude = self.excluder(mapping)
-        found = _walk_in_child(mapping, exclude, self.symlinks) if FORK_WALK else None
+        found = _walk_in_child(mapping, exclude, self.symlinks, self.checksum) if FORK_WALK else None
         if found is None:
-            return walk(mapping, exclude, self.symlinks, self.warn)
-        entries, expected, said = found
-        for message in said:
-            self.warn(message)
-        with self._expected_lock:
-            self._expected.setdefault(key + (None,), expected)
+            entries = walk(mapping, exclude, self.symlinks, self.warn)
+            sums = _sums(entries) if self.checksum else []
+        else:
+            entries, expected, said, sums = found
+            for message in said:
+                self.warn(message)
+            with self._expected_lock:
+                self._expected.setdefault(key + (None,), expected)
+        with self._sum_lock:
+            for entry, digest in zip(entries, sums):
+                if digest is not None:
+                    self._sums[(entry.path, entry.size, entry.mtime_ns)] = digest
         return entries
 
     def expected(self, mapping: Mapping) -> list[bytes | None]:
@@ -242,10 +252,11 @@ class LocalTrees:
 FORK_WALK = sys.platform.startswith("linux")
 
 
-def _walk_in_child(mapping: Mapping, exclude: Excluder, symlinks: str
-                   ) -> tuple[list[LocalEntry], list[bytes | None], list[str]] | None:
-    """:func:`walk` (and the records for :meth:`LocalTrees.expected`) done by
-    a forked child, or None if that did not work (the caller walks itself).
+def _walk_in_child(mapping: Mapping, exclude: Excluder, symlinks: str, checksum: bool
+                   ) -> tuple[list[LocalEntry], list[bytes | None], list[str], list[str | None]] | None:
+    """:func:`walk` (with the records for :meth:`LocalTrees.expected`, and
+    the files' sums if ``checksum``) done by a forked child, or None if that
+    did not work (the caller walks itself).
 
     The child only stats, sorts and writes to a pipe: it takes no lock that
     another thread of ours could hold when it is forked, and it never logs
@@ -271,7 +282,8 @@ def _walk_in_child(mapping: Mapping, exclude: Excluder, symlinks: str
             said: list[str] = []
             entries = walk(mapping, exclude, symlinks, said.append)
             rows = [(e.rel, e.kind, e.size, e.mtime_ns, e.atime_ns, e.mode, e.link) for e in entries]
-            view = memoryview(marshal.dumps((rows, _expected(entries, None), said)))
+            sums = _sums(entries) if checksum else []
+            view = memoryview(marshal.dumps((rows, _expected(entries, None), said, sums)))
             while view:
                 view = view[os.write(write_end, view):]
             status = 0
@@ -287,12 +299,12 @@ def _walk_in_child(mapping: Mapping, exclude: Excluder, symlinks: str
         _, code = os.waitpid(pid, 0)
     if code != 0:
         return None
-    rows, expected, said = marshal.loads(b"".join(chunks))
+    rows, expected, said, sums = marshal.loads(b"".join(chunks))
     root = str(mapping.src)
     prefix = root if root.endswith("/") else root + "/"
     entries = [LocalEntry(rel, kind, prefix + rel if rel else root, size, mtime, atime, mode, link)
                for rel, kind, size, mtime, atime, mode, link in rows]
-    return entries, expected, said
+    return entries, expected, said, sums
 
 
 def _expected(local: list[LocalEntry], mode: int | None) -> list[bytes | None]:
@@ -322,8 +334,23 @@ class _Slot:
 
 def sha256_file(path: str) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
+    fd = os.open(path, os.O_RDONLY)  # no buffered file object: half the cost of a small file's sum
+    try:
+        while chunk := os.read(fd, 1 << 20):
             digest.update(chunk)
+    finally:
+        os.close(fd)
     return digest.hexdigest()
+
+
+def _sums(entries: list[LocalEntry]) -> list[str | None]:
+    """SHA-256 of every file of a walk (None: not a file, or unreadable now:
+    :meth:`LocalTrees.sha256` tries again and says why)."""
+    found: list[str | None] = []
+    for entry in entries:
+        try:
+            found.append(sha256_file(entry.path) if entry.kind == "f" else None)
+        except OSError:
+            found.append(None)
+    return found
 

@@ -140,7 +140,7 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
         # Entries whose record is the expected one need nothing: only the
         # others are parsed and compared field by field.
         differing = records
-        if compare != "checksum" and dest not in listing.dest_links:
+        if dest not in listing.dest_links:
             expected = trees.expected(mapping)
             differing = records.difference(expected)
             same = records
@@ -186,7 +186,8 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
     unchanged = 0
     for entry, expect in zip(local, expected):
         if expect is not None and expect in same:
-            if not (trusted and entry.path in trusted):
+            if not (trusted and entry.path in trusted) and (compare != "checksum" or entry.kind != "f" or
+                                                            _same_sum(listing, prefix + entry.rel, entry, trees)):
                 if entry.kind == "d":
                     mirrored.add(prefix + entry.rel)
                 else:
@@ -195,7 +196,9 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
                         files.append(FileResult(prefix + entry.rel, "skip", "unchanged", entry.size,
                                                 flags=".f         "))
                 continue
-            remote[prefix + entry.rel] = parse_record(expect)[1]  # the watcher saw it change: compare it
+            # the watcher saw it change, or its content differs: compare it
+            there = remote[prefix + entry.rel] = parse_record(expect)[1]
+            there.sha256 = listing.sums.get(prefix + entry.rel)
         path = prefix + entry.rel if entry.rel else dest
         wanted.add(path)
         folder, _, name = path.rpartition("/")
@@ -363,6 +366,13 @@ def unsafe_for_delete(mapping: Mapping, home: str | None = None) -> str | None:
     if len([p for p in mapping.dest.split("/") if p]) < 2:
         return "it is too close to /"
     return None
+
+
+def _same_sum(listing: Listing, path: str, entry: LocalEntry, trees: LocalTrees) -> bool:
+    try:
+        return listing.sums.get(path) == trees.sha256(entry)
+    except OSError:
+        return False  # unreadable now: sending it will say why
 
 
 def _owner_differs(mapping: Mapping, there: RemoteEntry) -> bool:

@@ -14,7 +14,7 @@ from conftest import MAIN_HOSTS
 
 from synctasks.inputs import Mapping
 from synctasks.listing import Listing, RemoteEntry, parse_listing, parse_record, record
-from synctasks.local import LocalTrees
+from synctasks.local import LocalTrees, sha256_file
 from synctasks.plan import plan_mapping
 
 DEST = "/d/site"
@@ -113,13 +113,17 @@ def test_unchanged_files_are_counted_not_kept(tmp_path):
     assert _decisions(counted)[1:8] == _decisions(listed)[1:8]
 
 
-def test_checksum_and_linked_dest_compare_every_entry(tmp_path):
+def test_checksum_compares_sums_of_unchanged_records_and_linked_dest_compares_all(tmp_path):
     src = _tree(tmp_path)
     rows = _as_records(_remote(src))
-    checked = plan_mapping(Mapping(src=src, dest=DEST, is_dir=True), Listing(records={DEST: rows}), LocalTrees(),
-                           compare="checksum", delete=False, warn=print)
-    assert checked.differing == len(rows)  # a record cannot say the content is equal
-    assert {f.path for f in checked.result.files if f.action == "send"} >= {f"{DEST}/same.txt"}
+    sums = {f"{DEST}/same.txt": sha256_file(str(src / "same.txt")), f"{DEST}/sub/deep.txt": "0" * 64}
+    checked = plan_mapping(Mapping(src=src, dest=DEST, is_dir=True), Listing(records={DEST: rows}, sums=sums),
+                           LocalTrees(checksum=True), compare="checksum", delete=False, warn=print)
+    actions = {f.path: (f.action, f.reason) for f in checked.result.files}
+    # same record, same sum: unchanged; same record, other sum (or none): sent
+    assert actions[f"{DEST}/same.txt"] == ("skip", "unchanged"), actions
+    assert actions[f"{DEST}/sub/deep.txt"] == ("send", "checksum")
+    assert checked.differing < len(rows)
     one = tmp_path / "one.txt"
     one.write_text("1234")
     os.utime(one, (T, T))
@@ -159,3 +163,27 @@ def test_unchanged_tree_matches_record_for_record(project, server, remote, capsy
     lines = [line for line in log.read_text().splitlines() if "listed entries differ" in line]
     # the root and the link (links are compared by target) only
     assert lines and lines[-1].endswith("planned: 2 listed entries differ from what the host should have"), lines
+
+
+@pytest.mark.parametrize("fork", [True, False])
+def test_walk_hashes_every_file_once_with_checksum(tmp_path, monkeypatch, fork):
+    """With --checksum the walk (in a forked child, or here) hashes the
+    files: planning for each host then finds every sum made."""
+    import hashlib
+
+    from synctasks import local
+
+    monkeypatch.setattr(local, "FORK_WALK", fork)
+    src = _tree(tmp_path)
+    (src / "locked.txt").write_text("secret")
+    (src / "locked.txt").chmod(0)
+    trees = LocalTrees(checksum=True)
+    entries = trees.get(Mapping(src=src, dest=DEST, is_dir=True))
+    files = [e for e in entries if e.kind == "f"]
+    readable = [e for e in files if e.rel != "locked.txt" or os.geteuid() == 0]
+    assert len(files) == 10 and len(trees._sums) == len(readable)
+    for entry in readable:
+        assert trees._sums[(entry.path, entry.size, entry.mtime_ns)] == hashlib.sha256(
+            open(entry.path, "rb").read()).hexdigest()
+    monkeypatch.setattr(local, "sha256_file", lambda path: pytest.fail(f"hashed again: {path}"))
+    assert trees.sha256(readable[0]) == trees._sums[(readable[0].path, readable[0].size, readable[0].mtime_ns)]

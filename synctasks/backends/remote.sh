@@ -66,13 +66,14 @@ stage() {
   return 1
 }
 # names PRE SUF: run "PRE names... SUF" with the names that follow on stdin
-# (up to an empty line), 400 at a time.
+# (up to an empty line), 50 at a time (set -- "$@" copies the list: a
+# batch costs its size squared).
 names() {
   pre=$1; suf=$2; nrc=0; n=0; set --
   while IFS= read -r p; do
     [ -n "$p" ] || break
     set -- "$@" "$p"; n=$((n + 1))
-    if [ $n -ge 400 ]; then eval "$pre \"\$@\" $suf" || nrc=1; set --; n=0; fi
+    if [ $n -ge 50 ]; then eval "$pre \"\$@\" $suf" || nrc=1; set --; n=0; fi
   done
   if [ $n -gt 0 ]; then eval "$pre \"\$@\" $suf" || nrc=1; fi
   return $nrc
