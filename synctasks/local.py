@@ -6,13 +6,9 @@ sums and the small files' bytes, each made once per run.
 from __future__ import annotations
 
 import hashlib
-import marshal
 import os
-import signal
 import stat
-import sys
 import threading
-import warnings
 from dataclasses import dataclass
 
 from .inputs import Mapping
@@ -195,7 +191,7 @@ class LocalTrees:
                 slot = self._slots[key] = _Slot()
         if owner:
             try:
-                slot.entries = self._walk(mapping, key)
+                slot.entries = self._walk(mapping)
             except BaseException as exc:
                 slot.error = exc
             finally:
@@ -205,22 +201,16 @@ class LocalTrees:
             raise slot.error
         return slot.entries
 
-    def _walk(self, mapping: Mapping, key: tuple) -> list[LocalEntry]:
-        exclude = self.excluder(mapping)
-        found = _walk_in_child(mapping, exclude, self.symlinks, self.checksum) if FORK_WALK else None
-        if found is None:
-            entries = walk(mapping, exclude, self.symlinks, self.warn)
-            sums = _sums(entries) if self.checksum else []
-        else:
-            entries, expected, said, sums = found
-            for message in said:
-                self.warn(message)
-            with self._expected_lock:
-                self._expected.setdefault(key + (None,), expected)
-        with self._sum_lock:
-            for entry, digest in zip(entries, sums):
-                if digest is not None:
-                    self._sums[(entry.path, entry.size, entry.mtime_ns)] = digest
+    def _walk(self, mapping: Mapping) -> list[LocalEntry]:
+        entries = walk(mapping, self.excluder(mapping), self.symlinks, self.warn)
+        if self.checksum:
+            # hashed here, in the walker, once: not file by file by each
+            # host's planning, taking turns at a lock
+            sums = _sums(entries)
+            with self._sum_lock:
+                for entry, digest in zip(entries, sums):
+                    if digest is not None:
+                        self._sums[(entry.path, entry.size, entry.mtime_ns)] = digest
         return entries
 
     def expected(self, mapping: Mapping) -> list[bytes | None]:
@@ -244,67 +234,6 @@ class LocalTrees:
                 except Exception:
                     pass  # the host that needs it gets the error
         threading.Thread(target=run, name="walk-local", daemon=True).start()
-
-
-#: Walk in a forked child process: it stats the tree on another core while
-#: this process connects and reads the listings (a walk in a thread would
-#: hold the GIL they need). Linux only (fork is unsafe with macOS's libraries).
-FORK_WALK = sys.platform.startswith("linux")
-
-
-def _walk_in_child(mapping: Mapping, exclude: Excluder, symlinks: str, checksum: bool
-                   ) -> tuple[list[LocalEntry], list[bytes | None], list[str], list[str | None]] | None:
-    """:func:`walk` (with the records for :meth:`LocalTrees.expected`, and
-    the files' sums if ``checksum``) done by a forked child, or None if that
-    did not work (the caller walks itself).
-
-    The child only stats, sorts and writes to a pipe: it takes no lock that
-    another thread of ours could hold when it is forked, and it never logs
-    (its warnings come back with its entries)."""
-    try:
-        read_end, write_end = os.pipe()
-    except OSError:
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # "multi-threaded, use of fork()": see above
-            pid = os.fork()
-    except OSError:
-        os.close(read_end)
-        os.close(write_end)
-        return None
-    if pid == 0:  # the child
-        status = 1
-        try:
-            os.close(read_end)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            said: list[str] = []
-            entries = walk(mapping, exclude, symlinks, said.append)
-            rows = [(e.rel, e.kind, e.size, e.mtime_ns, e.atime_ns, e.mode, e.link) for e in entries]
-            sums = _sums(entries) if checksum else []
-            view = memoryview(marshal.dumps((rows, _expected(entries, None), said, sums)))
-            while view:
-                view = view[os.write(write_end, view):]
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    chunks = []
-    try:
-        while chunk := os.read(read_end, 1 << 20):
-            chunks.append(chunk)
-    finally:
-        os.close(read_end)
-        _, code = os.waitpid(pid, 0)
-    if code != 0:
-        return None
-    rows, expected, said, sums = marshal.loads(b"".join(chunks))
-    root = str(mapping.src)
-    prefix = root if root.endswith("/") else root + "/"
-    entries = [LocalEntry(rel, kind, prefix + rel if rel else root, size, mtime, atime, mode, link)
-               for rel, kind, size, mtime, atime, mode, link in rows]
-    return entries, expected, said, sums
 
 
 def _expected(local: list[LocalEntry], mode: int | None) -> list[bytes | None]:

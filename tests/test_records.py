@@ -165,15 +165,13 @@ def test_unchanged_tree_matches_record_for_record(project, server, remote, capsy
     assert lines and lines[-1].endswith("planned: 2 listed entries differ from what the host should have"), lines
 
 
-@pytest.mark.parametrize("fork", [True, False])
-def test_walk_hashes_every_file_once_with_checksum(tmp_path, monkeypatch, fork):
-    """With --checksum the walk (in a forked child, or here) hashes the
-    files: planning for each host then finds every sum made."""
+def test_walk_hashes_every_file_once_with_checksum(tmp_path, monkeypatch):
+    """With --checksum the walk hashes the files: planning for each host
+    then finds every sum made."""
     import hashlib
 
     from synctasks import local
 
-    monkeypatch.setattr(local, "FORK_WALK", fork)
     src = _tree(tmp_path)
     (src / "locked.txt").write_text("secret")
     (src / "locked.txt").chmod(0)
