@@ -164,7 +164,7 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
 
     local = trees.get(mapping)
     staging = staging_name(token)
-    wanted: set[str] = set()
+    wanted: set[str] = set()  #: local paths planned here (--delete only: ~40 B per file per host)
     #: remote folders whose contents mirror a local folder that was read
     #: whole: the only places --delete may remove anything
     mirrored: set[str] = set()
@@ -200,7 +200,8 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
             there = remote[prefix + entry.rel] = parse_record(expect)[1]
             there.sha256 = listing.sums.get(prefix + entry.rel)
         path = prefix + entry.rel if entry.rel else dest
-        wanted.add(path)
+        if delete:
+            wanted.add(path)
         folder, _, name = path.rpartition("/")
         folder = folder or "/"
         if entry.kind == "x":

@@ -103,10 +103,14 @@ class MappingResult(_Tally):
     def bytes(self) -> int:
         return sum(f.size for f in self.files if f.action == "send")
 
-    def to_dict(self) -> dict:
-        return {"src": self.src, "dest": self.dest, "changed": self.changed, "sent": self.sent,
-                "skipped": self.skipped, "deleted": self.deleted, "failed": self.failed, "bytes": self.bytes,
-                "files": [f.to_dict() for f in self.files]}
+    def to_dict(self, files: bool = True) -> dict:
+        """``files``: with the per-file records (the JSON report; a summary
+        needs only the counts)."""
+        found = {"src": self.src, "dest": self.dest, "changed": self.changed, "sent": self.sent,
+                 "skipped": self.skipped, "deleted": self.deleted, "failed": self.failed, "bytes": self.bytes}
+        if files:
+            found["files"] = [f.to_dict() for f in self.files]
+        return found
 
 
 @dataclass
@@ -177,13 +181,13 @@ class HostResult(_Tally):
             return self.error
         return next((f"{f.path}: {f.reason}" for f in self._all() if f.action == "fail"), None)
 
-    def to_dict(self) -> dict:
+    def to_dict(self, files: bool = True) -> dict:
         return {"host": self.host, "ok": self.ok, "status": self.status, "changed": self.changed,
                 "error": self.first_error, "error_type": self.error_type,
                 "sent": self.sent, "skipped": self.skipped, "deleted": self.deleted, "failed": self.failed,
                 "bytes": self.bytes, "seconds": round(self.seconds, 3), "dry_run": self.dry_run,
                 "backend": self.backend, "notes": list(self.notes),
-                "mappings": [m.to_dict() for m in self.mappings]}
+                "mappings": [m.to_dict(files) for m in self.mappings]}
 
 
 class GroupResult(dict):
@@ -226,9 +230,9 @@ class GroupResult(dict):
             return EXIT_BAD_INPUT
         return EXIT_FAILED if self.failed else EXIT_OK
 
-    def to_dict(self, seconds: float = 0.0, warnings: list[str] | None = None) -> dict:
+    def to_dict(self, seconds: float = 0.0, warnings: list[str] | None = None, files: bool = True) -> dict:
         return {"version": REPORT_VERSION, "ok": not self.failed and not self.interrupted,
                 "exit_code": self.exit_code, "changed": self.changed,
                 "interrupted": signal.Signals(self.interrupted).name if self.interrupted else None,
                 "seconds": round(seconds, 3), "warnings": list(warnings or []),
-                "hosts": [r.to_dict() for r in self.values()]}
+                "hosts": [r.to_dict(files) for r in self.values()]}

@@ -260,6 +260,18 @@ class _Live:
         return len(running)
 
 
+def release_memory() -> None:
+    """Hand the C heap a finished host freed back to the system: glibc keeps
+    it in the arena of the thread that used it (measured: ~50 MiB of a run
+    of 100,000 files to 8 hosts). A no-op where libc has no malloc_trim."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def run_hosts(jobs: list[tuple[Any, str, Callable[[], HostResult]]], workers: int,
               cancel: threading.Event | None = None, hurry: threading.Event | None = None,
               on_result: Callable[[HostResult], None] | None = None, live: _Live | None = None,
@@ -289,6 +301,7 @@ def run_hosts(jobs: list[tuple[Any, str, Callable[[], HostResult]]], workers: in
             else:  # jobs catch their errors; this is a bug
                 result = HostResult(host=label, error=f"unexpected error: {error!r}", dry_run=dry_run)
         results[key] = result
+        release_memory()
         if on_result:
             on_result(result)
 

@@ -185,3 +185,16 @@ def test_walk_hashes_every_file_once_with_checksum(tmp_path, monkeypatch):
             open(entry.path, "rb").read()).hexdigest()
     monkeypatch.setattr(local, "sha256_file", lambda path: pytest.fail(f"hashed again: {path}"))
     assert trees.sha256(readable[0]) == trees._sums[(readable[0].path, readable[0].size, readable[0].mtime_ns)]
+
+
+def test_summary_report_has_counts_and_only_the_json_report_has_files():
+    from synctasks.results import FileResult, GroupResult, HostResult, MappingResult
+
+    mapping = MappingResult("/src", DEST, [FileResult(f"{DEST}/a", "send", "new", 3)], unchanged=5)
+    group = GroupResult({"h": HostResult("h", [mapping])})
+    summary, full = group.to_dict(files=False), group.to_dict()
+    host = summary["hosts"][0]
+    assert (host["sent"], host["skipped"], host["changed"]) == (1, 5, True)
+    assert "files" not in host["mappings"][0] and summary["hosts"][0]["mappings"][0]["skipped"] == 5
+    assert full["hosts"][0]["mappings"][0]["files"] == [{"path": f"{DEST}/a", "action": "send", "reason": "new",
+                                                         "size": 3, "flags": ""}]

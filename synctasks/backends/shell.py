@@ -602,15 +602,19 @@ class ShellRun:
         add("tidy")
         # A file where a folder now goes (or the other way round) is removed
         # only now, and only if its replacement arrived.
-        arrived = {s.result.path for s in sends + links if id(s) not in failed and s.base not in careful}
-        arrived |= {d.path for d in new_dirs}
-        for mapping_plan in live:
-            for where, names in self.group([r for r in mapping_plan.removes if r in arrived],
-                                           mapping_plan.mapping.dest).items():
-                ops.rm(where, names)
+        removes = {r for mapping_plan in live for r in mapping_plan.removes}
+        if removes:  # (a set of every path sent would cost ~40 B per file per host)
+            arrived = {s.result.path for s in sends + links if s.result.path in removes and id(s) not in failed
+                       and s.base not in careful}
+            arrived |= {d.path for d in new_dirs}
+            for mapping_plan in live:
+                for where, names in self.group([r for r in mapping_plan.removes if r in arrived],
+                                               mapping_plan.mapping.dest).items():
+                    ops.rm(where, names)
         add("tidy")
         moving = [s for s in sends if id(s) not in failed] + links
-        moving_ids = {id(s) for s in moving}
+        chowning = any(chown_spec(mapping_plan.mapping) for mapping_plan in live)
+        moving_ids = {id(s) for s in moving} if chowning else set()
         # Owner and group before the move, so files appear with them.
         for mapping_plan in live:
             spec = chown_spec(mapping_plan.mapping)
