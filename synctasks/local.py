@@ -15,7 +15,7 @@ from .inputs import Mapping
 
 NAME_MAX = 255
 BLOB_MAX = 64 * 1024  #: files up to this size are read once per run, whatever the number of hosts
-BLOB_BUDGET = 32 * 1024 * 1024  #: at most this much of them is kept
+BLOB_BUDGET = 16 * 1024 * 1024  #: at most this much of them is kept (hosts send about in step)
 @dataclass(slots=True)
 class LocalEntry:
     rel: str  #: path below the mapping root, "/"-separated ("" for the root)

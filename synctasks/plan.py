@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from .inputs import Mapping
 from .listing import Listing, RemoteEntry, parse_record, staging_name
 from .local import NAME_MAX, LocalEntry, LocalTrees, sha256_file
-from .results import CHANGING, FileResult, MappingResult
+from .results import CHANGING, FileResult, MappingResult, SentFile
 
 NEW_FILE = ">f+++++++++"
 NEW_DIR = "cd+++++++++"
@@ -313,7 +313,8 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
                 plan.chmods.append((mode, path))
                 files.append(FileResult(path, "chmod", "mode", flags=flags))
         else:
-            record = FileResult(path, "send", reason, entry.size, flags=flags)
+            record = (SentFile(prefix, entry.rel, "send", reason, entry.size, flags) if entry.rel
+                      else FileResult(path, "send", reason, entry.size, flags=flags))
             files.append(record)
             plan.sends.append(Send(entry, record, *place(folder), mode))
             if entry.mtime_ns < 0:

@@ -198,3 +198,14 @@ def test_summary_report_has_counts_and_only_the_json_report_has_files():
     assert "files" not in host["mappings"][0] and summary["hosts"][0]["mappings"][0]["skipped"] == 5
     assert full["hosts"][0]["mappings"][0]["files"] == [{"path": f"{DEST}/a", "action": "send", "reason": "new",
                                                          "size": 3, "flags": ""}]
+
+
+def test_a_sent_files_record_makes_its_path_from_the_shared_parts(tmp_path):
+    src = _tree(tmp_path)
+    plan = plan_mapping(Mapping(src=src, dest=DEST, is_dir=True), Listing(), LocalTrees(), compare="size-mtime",
+                        delete=False, warn=print)
+    sent = {s.result.path: s for s in plan.sends}
+    record = sent[f"{DEST}/sub/deep.txt"].result
+    assert record.to_dict() == {"path": f"{DEST}/sub/deep.txt", "action": "send", "reason": "new", "size": 1,
+                                "flags": ">f+++++++++"}
+    assert record.rel is sent[f"{DEST}/sub/deep.txt"].local.rel  # shared with the walk, not a copy per host
