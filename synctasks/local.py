@@ -16,6 +16,8 @@ from .inputs import Mapping
 NAME_MAX = 255
 BLOB_MAX = 64 * 1024  #: files up to this size are read once per run, whatever the number of hosts
 BLOB_BUDGET = 16 * 1024 * 1024  #: at most this much of them is kept (hosts send about in step)
+
+
 @dataclass(slots=True)
 class LocalEntry:
     rel: str  #: path below the mapping root, "/"-separated ("" for the root)
@@ -161,6 +163,11 @@ class LocalTrees:
         self._expected: dict[tuple, list[bytes | None]] = {}
         self._expected_lock = threading.Lock()
 
+    @classmethod
+    def for_options(cls, options, warn) -> "LocalTrees":
+        """The trees a run with these SyncOptions walks (hashed with --checksum)."""
+        return cls(options.exclude, options.symlinks, warn, options.compare == "checksum")
+
     def sha256(self, entry: "LocalEntry") -> str:
         key = (entry.path, entry.size, entry.mtime_ns)
         found = self._sums.get(key)
@@ -183,7 +190,7 @@ class LocalTrees:
         return Excluder(self.global_exclude + tuple(mapping.exclude))
 
     def get(self, mapping: Mapping) -> list[LocalEntry]:
-        key = (str(mapping.src), mapping.is_dir, tuple(mapping.exclude))
+        key = _tree(mapping)
         with self._lock:
             slot = self._slots.get(key)
             owner = slot is None
@@ -219,7 +226,7 @@ class LocalTrees:
         None where only the full compare can say (the root, links, names
         that cannot be sent). Made once per run for every host."""
         local = self.get(mapping)
-        key = (str(mapping.src), mapping.is_dir, tuple(mapping.exclude), mapping.mode)
+        key = (*_tree(mapping), mapping.mode)
         with self._expected_lock:
             found = self._expected.get(key)
             if found is None:
@@ -234,6 +241,11 @@ class LocalTrees:
                 except Exception:
                     pass  # the host that needs it gets the error
         threading.Thread(target=run, name="walk-local", daemon=True).start()
+
+
+def _tree(mapping: Mapping) -> tuple:
+    """What makes two mappings' walks the same walk."""
+    return str(mapping.src), mapping.is_dir, tuple(mapping.exclude)
 
 
 def _expected(local: list[LocalEntry], mode: int | None) -> list[bytes | None]:

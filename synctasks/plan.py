@@ -190,11 +190,10 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
                                                             _same_sum(listing, prefix + entry.rel, entry, trees)):
                 if entry.kind == "d":
                     mirrored.add(prefix + entry.rel)
+                elif list_unchanged:
+                    files.append(FileResult(prefix + entry.rel, "skip", "unchanged", entry.size, flags=".f         "))
                 else:
                     unchanged += 1
-                    if list_unchanged:
-                        files.append(FileResult(prefix + entry.rel, "skip", "unchanged", entry.size,
-                                                flags=".f         "))
                 continue
             # the watcher saw it change, or its content differs: compare it
             there = remote[prefix + entry.rel] = parse_record(expect)[1]
@@ -274,10 +273,10 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
             elif there is not None and there.kind == "l" and there.link == entry.link:
                 if plan.chowns and plan.chowns[-1] == path:
                     files.append(FileResult(path, "chown", "owner", flags=".L....og..."))
+                elif list_unchanged:
+                    files.append(FileResult(path, "skip", "unchanged", flags=".L         "))
                 else:
                     unchanged += 1
-                    if list_unchanged:
-                        files.append(FileResult(path, "skip", "unchanged", flags=".L         "))
             else:
                 record = FileResult(path, "link", "new" if there is None else "changed", flags=NEW_LINK)
                 files.append(record)
@@ -299,10 +298,10 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
         if reason == "unchanged":
             if plan.chowns and plan.chowns[-1] == path:
                 files.append(FileResult(path, "chown", "owner", entry.size, flags=".f....og..."))
+            elif list_unchanged:
+                files.append(FileResult(path, "skip", reason, entry.size, flags=".f         "))
             else:
                 unchanged += 1
-                if list_unchanged:
-                    files.append(FileResult(path, "skip", reason, entry.size, flags=".f         "))
         elif reason in ("mode", "mtime-only"):
             if reason == "mtime-only":
                 plan.touches.append((entry.mtime_ns // 1_000_000_000, path))
@@ -352,7 +351,7 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
             if parent in mirrored or parent in kept:
                 top.append(path)
         plan.deletes = top
-    result.unchanged = unchanged if not list_unchanged else 0
+    result.unchanged = unchanged  #: the unchanged files not listed
     return plan
 
 

@@ -182,7 +182,7 @@ def _sync_group(members: list, mappings: list[Mapping], options: SyncOptions, se
                 sudo_password: str | None, warn: bool) -> GroupResult:
     log = get_logger()
     workers = settings.connections if settings else int(K.DEFAULTS["sync"]["connections"])
-    trees = LocalTrees(options.exclude, options.symlinks, log.warning, options.compare == "checksum")
+    trees = LocalTrees.for_options(options, log.warning)
     trees.prefetch(mappings)
     live = _Live()
 
@@ -496,7 +496,7 @@ def sync_inventory(config_path: str | os.PathLike | None = None, *, inventory: I
     log = get_logger()
     log.info("syncing %d host(s), %d at once%s", len(mapped), settings.connections,
              " (dry run)" if options.dry_run else "")
-    trees = LocalTrees(options.exclude, options.symlinks, log.warning, options.compare == "checksum")
+    trees = LocalTrees.for_options(options, log.warning)
     # Walk the local trees while the connections are being made.
     trees.prefetch([m for h in mapped for m in inventory.mappings[h.name]])
     live = _Live()

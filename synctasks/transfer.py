@@ -138,7 +138,7 @@ def sync_connection(c, mappings: list[Mapping], options: SyncOptions | None = No
     log = get_logger(label)
     result = HostResult(host=label, dry_run=options.dry_run)
     started = time.monotonic()
-    trees = trees or LocalTrees(options.exclude, options.symlinks, log.warning, options.compare == "checksum")
+    trees = trees or LocalTrees.for_options(options, log.warning)
     by_mapping: dict[int, MappingResult] = {}
     backend = "sftp" if options.protocol == "sftp" else ""
     try:
