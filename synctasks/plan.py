@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from .inputs import Mapping
 from .listing import Listing, RemoteEntry, parse_record, staging_name
 from .local import NAME_MAX, LocalEntry, LocalTrees, sha256_file
-from .results import CHANGING, FileResult, MappingResult, SentFile
+from .results import CHANGING, FileResult, MappingResult
 
 NEW_FILE = ">f+++++++++"
 NEW_DIR = "cd+++++++++"
@@ -23,30 +23,63 @@ NEW_LINK = "cL+++++++++"
 DELETING = "*deleting  "
 
 
-@dataclass(slots=True)
-class Send:
-    """A file (or link) to put at ``result.path``. Kept small: a run to many
-    hosts holds one per file per host."""
+@dataclass(slots=True, frozen=True)
+class Place:
+    """Where the files and links of one remote folder go: one per folder,
+    shared by everything that goes there."""
 
-    local: LocalEntry
-    result: FileResult
-    #: Where the file is written first: a staging folder, or a folder inside
-    #: one when the file belongs to a folder that is new on the remote side.
-    stage: str = ""
-    #: The existing remote folder whose staging folder holds it (its commit).
-    base: str = ""
-    #: File mode to give it (the local one, or the mapping's ``mode``).
-    mode: int = 0o644
+    #: Where they are written first: a staging folder, or a folder inside
+    #: one when the remote folder is new.
+    stage: str
+    #: The existing remote folder whose staging folder holds them (its commit).
+    base: str
+    #: A send's remote path is this plus its walk-relative path: the
+    #: mapping's dest and "/" (a file mapping's single file: its dest).
+    prefix: str
+    #: The mapping's ``mode`` for every file, or None: each file's own.
+    mode: int | None
+
+
+class Send(FileResult):
+    """A file (or link) to put in place, which is also its record in the
+    result. A run of 100,000 files to 8 hosts holds 800,000 of them, so
+    it stores two references more than a record: the walk's entry (shared
+    by every host) and its folder's :class:`Place`; path, stage and mode
+    are made from those when asked."""
+
+    __slots__ = ("local", "place")
+
+    def __init__(self, local: LocalEntry, place: Place, action: str, reason: str, flags: str):
+        self.local, self.place = local, place
+        self.action, self.reason, self.size, self.flags = action, reason, local.size, flags
+
+    @property
+    def path(self) -> str:  # type: ignore[override]
+        return self.place.prefix + self.local.rel
+
+    @property
+    def stage(self) -> str:
+        return self.place.stage
+
+    @property
+    def base(self) -> str:
+        return self.place.base
+
+    @property
+    def mode(self) -> int:
+        """File mode to give it (the mapping's ``mode``, else the local one)."""
+        mode = self.place.mode
+        return self.local.mode if mode is None else mode
 
     @property
     def name(self) -> str:
         """Final file name."""
-        return self.result.path.rpartition("/")[2]
+        return self.path.rpartition("/")[2]
 
     @property
     def folder(self) -> str:
         """Remote folder the file lands in."""
-        return self.result.path.rpartition("/")[0] or "/"
+        return self.path.rpartition("/")[0] or "/"
 
 
 @dataclass(slots=True)
@@ -173,14 +206,19 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
     #: folder -> (action, reason) for everything below it
     blocked: dict[str, tuple[str, str]] = {}
 
-    placed: dict[str, tuple[str, str]] = {}
+    placed: dict[str, Place] = {}
 
-    def place(folder: str) -> tuple[str, str]:
-        """(stage, base) for what goes into remote ``folder`` (one shared pair
-        of strings per folder: a run to many hosts holds one per file)."""
+    def staged_in(folder: str) -> tuple[str, str]:
+        """(stage, base) for what goes into remote ``folder``."""
+        return building.get(folder) or (posixpath.join(folder, staging), folder)
+
+    def place(folder: str, entry: LocalEntry) -> Place:
+        """The Place of ``entry``, to go into remote ``folder``."""
+        if not entry.rel:  # a file mapping's single file
+            return Place(*staged_in(folder), dest, mapping.mode)
         found = placed.get(folder)
         if found is None:
-            found = placed[folder] = building.get(folder) or (posixpath.join(folder, staging), folder)
+            found = placed[folder] = Place(*staged_in(folder), prefix, mapping.mode)
         return found
 
     unchanged = 0
@@ -247,7 +285,7 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
                     plan.removes.append(path)
                 elif not entry.rel:
                     plan.mkparent.append(folder)
-                stage, base = place(folder)
+                stage, base = staged_in(folder)
                 stage = posixpath.join(stage, name)
                 building[path] = (stage, base)
                 plan.new_dirs.append(NewDir(path, stage, entry.mode, base))
@@ -278,9 +316,9 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
                 else:
                     unchanged += 1
             else:
-                record = FileResult(path, "link", "new" if there is None else "changed", flags=NEW_LINK)
-                files.append(record)
-                plan.links.append(Send(entry, record, *place(folder)))
+                link = Send(entry, place(folder, entry), "link", "new" if there is None else "changed", NEW_LINK)
+                files.append(link)
+                plan.links.append(link)
             continue
         mode = mapping.mode if mapping.mode is not None else entry.mode
         reason, flags = _compare_file(entry, there, compare, mode, trees)
@@ -312,10 +350,9 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
                 plan.chmods.append((mode, path))
                 files.append(FileResult(path, "chmod", "mode", flags=flags))
         else:
-            record = (SentFile(prefix, entry.rel, "send", reason, entry.size, flags) if entry.rel
-                      else FileResult(path, "send", reason, entry.size, flags=flags))
-            files.append(record)
-            plan.sends.append(Send(entry, record, *place(folder), mode))
+            send = Send(entry, place(folder, entry), "send", reason, flags)
+            files.append(send)
+            plan.sends.append(send)
             if entry.mtime_ns < 0:
                 # SCP's T record cannot carry a time before 1970: set it after.
                 plan.touches.append((entry.mtime_ns // 1_000_000_000, path))

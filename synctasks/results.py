@@ -47,23 +47,6 @@ class FileResult:
                 "flags": self.flags}
 
 
-class SentFile(FileResult):
-    """A send's record whose path is made when asked, from its mapping's
-    prefix and the walk's relative path (both shared by every host): a
-    run of 100,000 files to 8 hosts holds 800,000 of them, and a path string
-    each would be ~100 B more per file per host."""
-
-    __slots__ = ("prefix", "rel")
-
-    def __init__(self, prefix: str, rel: str, action: str, reason: str = "", size: int = 0, flags: str = ""):
-        self.prefix, self.rel = prefix, rel
-        self.action, self.reason, self.size, self.flags = action, reason, size, flags
-
-    @property
-    def path(self) -> str:  # type: ignore[override]
-        return self.prefix + self.rel
-
-
 class _Tally:
     """Counts of file actions, for anything with ``_all()`` records."""
 

@@ -6,6 +6,7 @@ Nothing here knows about hosts or plans beyond the Send/NewDir records.
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 import stat
@@ -23,6 +24,7 @@ _NOT_ZERO = re.compile(rb"[^\0]")
 
 #: What each answer of the SCP sink is for (ScpStream.kinds).
 NAV, TIMES, CREATE, DATA = b"n", b"t", b"c", b"d"
+FILE = TIMES + CREATE + DATA  #: a file's three answers
 
 
 @dataclass
@@ -30,34 +32,63 @@ class ScpStream:
     """Builds the SCP source stream and tracks the sink's answers.
 
     Every record the sink reads (T, C, D, E, a file's data) is answered by one
-    byte 0, or by 1/2 and a message line. ``kinds`` and ``owners`` say, in
-    order, what each answer is for; ``pos`` counts the answers read. (Two flat
-    arrays rather than a tuple per answer: 20,000 files to 8 hosts is half a
-    million answers.)
+    byte 0, or by 1/2 and a message line. ``kinds`` says, in order, what each
+    answer is for; a file's three (T, C, data) come together, and the n-th
+    file of ``records`` (in stream order) owns the n-th T answer and the two
+    after it. ``pos`` counts the answers read. (A byte per answer rather than
+    a record: 100,000 files to 8 hosts is 2.4 million answers.)
     """
 
     token: str
     sends: list[Send]
     kinds: bytearray = field(default_factory=bytearray)
-    owners: list = field(default_factory=list)  #: the Send (or None) each answer is for
+    #: (navigation records, files sent after them) per folder, in stream order
+    records: list[tuple[bytes, list[Send]]] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)  #: per record: the number of files before it
+    _counted: tuple[int, int] = (0, 0)  #: T answers before position [0]: [1]
     pos: int = 0
     failed: dict[int, str] = field(default_factory=dict)  #: id(send) -> reason
     broken: str | None = None  #: the stream lost sync; nothing after is trusted
     broken_at: int | None = None  #: answers from here on are not trusted
 
-    def expect(self, kind: bytes, owner: Send | None = None) -> None:
+    def expect(self, kind: bytes) -> None:
         self.kinds += kind
-        self.owners.append(owner)
+
+    def add(self, navigation: bytes, sends: list[Send]) -> None:
+        self.starts.append(self.starts[-1] + len(self.records[-1][1]) if self.records else 0)
+        self.records.append((navigation, sends))
+
+    def _files(self, first: int) -> list[Send]:
+        """The files of the stream from the ``first``-th on."""
+        i = bisect.bisect_right(self.starts, first) - 1  # the record holding it
+        if i < 0:
+            return []
+        found = self.records[i][1][first - self.starts[i]:]
+        return found + [s for _, sends in self.records[i + 1:] for s in sends]
+
+    def owner(self, pos: int) -> Send | None:
+        """The file answer ``pos`` is about (None: a folder record's)."""
+        if self.kinds[pos] == NAV[0]:
+            return None
+        # Answers are read in order: count on from the last one asked about.
+        last, counted = self._counted
+        if pos < last:
+            last, counted = 0, 0
+        counted += self.kinds.count(TIMES, last, pos + 1)
+        self._counted = (pos + 1, counted)
+        n = counted - 1
+        i = bisect.bisect_right(self.starts, n) - 1
+        return self.records[i][1][n - self.starts[i]]
 
     @property
     def pending(self) -> bool:
         return self.pos < len(self.kinds)
 
-    def acked(self) -> set[int]:
-        """id() of every file whose data the sink confirmed."""
+    def unconfirmed(self) -> list[Send]:
+        """The files whose data the sink did not confirm (in order: answers
+        come in stream order, so they are the files after the last confirmed)."""
         end = self.pos if self.broken_at is None else min(self.pos, self.broken_at)
-        return {id(self.owners[i]) for i in range(end) if self.kinds[i] == DATA[0]
-                and id(self.owners[i]) not in self.failed}
+        return self._files(self.kinds.count(DATA, 0, end))
 
     def feed(self, data: bytes) -> bytes:
         """Consume answers; return what follows the last expected one."""
@@ -79,7 +110,7 @@ class ScpStream:
             if newline < 0:
                 return data[i:]  # an incomplete message: wait for the rest
             message = data[i + 1:newline].decode("utf-8", "replace").strip()
-            kind, send = self.kinds[self.pos], self.owners[self.pos]
+            kind, send = self.kinds[self.pos], self.owner(self.pos)
             self.pos += 1
             if send is not None:
                 self.failed.setdefault(id(send), message)
@@ -144,16 +175,16 @@ def _file_header(send: Send) -> bytes:
             + send.name.encode("utf-8", "surrogateescape") + b"\n")
 
 
-def scp_records(scp: ScpStream, new_dirs: list[NewDir], root: str) -> tuple[list[tuple[bytes, list[Send]]], int]:
-    """The SCP stream into staging folder ``root`` as (navigation records,
-    files to send there) per folder, and its exact length.
+def scp_records(scp: ScpStream, new_dirs: list[NewDir], root: str) -> int:
+    """Lay out the SCP stream into staging folder ``root`` (``scp.records``:
+    navigation records and the files to send there, per folder); its exact
+    length.
 
     The length is known before a byte is sent (a file that cannot be read
     when its turn comes is padded to its announced size and never committed),
     so the script can hand the sink exactly the stream and no more. File
     headers are made again when sent rather than kept: less memory.
     """
-    records: list[tuple[bytes, list[Send]]] = []
     scp.expect(NAV)  # the sink's "ready"
     current: list[bytes] = []
     skip = len(_components(root))
@@ -176,16 +207,14 @@ def scp_records(scp: ScpStream, new_dirs: list[NewDir], root: str) -> tuple[list
         total += len(out)
         for send in visits[stage]:
             total += len(_file_header(send)) + send.local.size + 1
-            scp.expect(TIMES, send)
-            scp.expect(CREATE, send)
-            scp.expect(DATA, send)
-        records.append((bytes(out), visits[stage]))
+            scp.expect(FILE)
+        scp.add(bytes(out), visits[stage])
     out = bytearray()
     _navigate(current, [], out, scp, modes)
     out += b"E\n"
     scp.expect(NAV)
-    records.append((bytes(out), []))
-    return records, total + len(out)
+    scp.add(bytes(out), [])
+    return total + len(out)
 
 
 def _open_regular(path: str) -> tuple[int | None, str | None]:
@@ -201,9 +230,8 @@ def _open_regular(path: str) -> tuple[int | None, str | None]:
     return fd, None
 
 
-def send_scp(stream: Stream, scp: ScpStream, records: list[tuple[bytes, list[Send]]], progress=None,
-             label: str = "", done: list[int] | None = None, trees: LocalTrees | None = None,
-             cancel=None) -> None:
+def send_scp(stream: Stream, scp: ScpStream, progress=None, label: str = "", done: list[int] | None = None,
+             trees: LocalTrees | None = None, cancel=None) -> None:
     """Write the whole SCP stream; the sink's answers are read at the end.
 
     The script keeps the sink's answers in a file until the sink exits: one
@@ -237,7 +265,7 @@ def send_scp(stream: Stream, scp: ScpStream, records: list[tuple[bytes, list[Sen
         if len(out) >= FLUSH:
             flush()
 
-    for navigation, sends in records:
+    for navigation, sends in scp.records:
         out += navigation
         for send_item in sends:
             if cancel is not None:

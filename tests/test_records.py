@@ -75,8 +75,8 @@ def _as_records(remote: dict[str, RemoteEntry]) -> set[bytes]:
 
 
 def _decisions(plan):
-    return ([f.to_dict() for f in plan.result.files], plan.sends and [(s.result.path, s.mode) for s in plan.sends],
-            plan.links and [s.result.path for s in plan.links], plan.chmods, plan.touches, plan.removes,
+    return ([f.to_dict() for f in plan.result.files], plan.sends and [(s.path, s.mode) for s in plan.sends],
+            plan.links and [s.path for s in plan.links], plan.chmods, plan.touches, plan.removes,
             plan.deletes, [d.path for d in plan.new_dirs], plan.result.skipped, plan.result.sent)
 
 
@@ -200,12 +200,19 @@ def test_summary_report_has_counts_and_only_the_json_report_has_files():
                                                          "size": 3, "flags": ""}]
 
 
-def test_a_sent_files_record_makes_its_path_from_the_shared_parts(tmp_path):
+def test_a_send_is_its_own_record_made_from_shared_parts(tmp_path):
     src = _tree(tmp_path)
-    plan = plan_mapping(Mapping(src=src, dest=DEST, is_dir=True), Listing(), LocalTrees(), compare="size-mtime",
-                        delete=False, warn=print)
-    sent = {s.result.path: s for s in plan.sends}
-    record = sent[f"{DEST}/sub/deep.txt"].result
-    assert record.to_dict() == {"path": f"{DEST}/sub/deep.txt", "action": "send", "reason": "new", "size": 1,
-                                "flags": ">f+++++++++"}
-    assert record.rel is sent[f"{DEST}/sub/deep.txt"].local.rel  # shared with the walk, not a copy per host
+    mapping, trees = Mapping(src=src, dest=DEST, is_dir=True, mode=0o600), LocalTrees()
+    plan = plan_mapping(mapping, Listing(), trees, compare="size-mtime", delete=False, warn=print)
+    sent = {s.path: s for s in plan.sends}
+    send = sent[f"{DEST}/sub/deep.txt"]
+    assert send in plan.result.files  # the record the report shows is the Send itself
+    assert send.to_dict() == {"path": f"{DEST}/sub/deep.txt", "action": "send", "reason": "new", "size": 1,
+                              "flags": ">f+++++++++"}
+    assert (send.name, send.folder, send.mode) == ("deep.txt", f"{DEST}/sub", 0o600)
+    # Per host it stores no path of its own: the walk's entry and its
+    # folder's Place, both shared.
+    assert any(send.local is entry for entry in trees.get(mapping))
+    first, second = sent[f"{DEST}/same.txt"], sent[f"{DEST}/new.txt"]
+    assert first.place is second.place and first.place is not send.place
+    assert not hasattr(send, "__dict__")

@@ -314,7 +314,7 @@ class SftpRun:
         sftp, log = self.sftp, self.log
         for mapping_plan in live:
             items = mapping_plan.sends + mapping_plan.links
-            arrived = {s.result.path for s in items if id(s) not in failed}
+            arrived = {s.path for s in items if id(s) not in failed}
             arrived |= {d.path for d in mapping_plan.new_dirs}
             for path in mapping_plan.removes:
                 if path in arrived:
@@ -325,7 +325,7 @@ class SftpRun:
                 if id(item) in failed or item.stage != posixpath.join(item.base, self.staging):
                     continue
                 try:
-                    self.rename(posixpath.join(item.stage, item.name), item.result.path)
+                    self.rename(posixpath.join(item.stage, item.name), item.path)
                 except OSError as exc:
                     failed[id(item)] = f"cannot move into {item.base}: {exc}"
             for new_dir in mapping_plan.new_dirs:
@@ -360,8 +360,8 @@ class SftpRun:
         for mapping_plan in live:
             for send in mapping_plan.sends + mapping_plan.links:
                 if id(send) in failed:
-                    send.result.action, send.result.reason = "fail", failed[id(send)]
-                    log.error("%s: %s", send.result.path, send.result.reason)
+                    send.action, send.reason = "fail", failed[id(send)]
+                    log.error("%s: %s", send.path, send.reason)
 
 
 def sync_sftp(c, label: str, mappings: list[Mapping], options: SyncOptions, trees: LocalTrees,

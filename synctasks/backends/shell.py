@@ -535,14 +535,13 @@ class ShellRun:
         for base, (base_sends, base_dirs) in groups.items():
             self.check_cancel()
             scp = ScpStream(self.token, base_sends)
-            records, length = scp_records(scp, base_dirs, self.stage_root(base) if self.secure else base)
+            length = scp_records(scp, base_dirs, self.stage_root(base) if self.secure else base)
             # The perl sink wins on many small files (scp -t reads each header
             # a byte at a time); on big files C's scp -t copies faster.
             small = not base_sends or sum(s.local.size for s in base_sends) < len(base_sends) * SMALL_FILES
             ops.scp(self.where(base), length, staged=self.secure, sink=self.sink if small else b"")
             self.send_ops(ops)
-            send_scp(self.stream, scp, records, self.options.progress, self.label, done, self.trees,
-                     cancel=self.check_cancel)
+            send_scp(self.stream, scp, self.options.progress, self.label, done, self.trees, cancel=self.check_cancel)
             streams.append((base, scp))
         for index, (base, scp) in enumerate(streams):
             read_scp_answers(self.stream, scp)
@@ -553,10 +552,8 @@ class ShellRun:
                 self.log.error("scp into %s failed (status %d): %s", base, status, reason)
                 careful.update(item.base for item in scp.sends + groups[base][1])
             failed.update(scp.failed)
-            acked = scp.acked()
-            for send in scp.sends:
-                if id(send) not in acked:
-                    failed.setdefault(id(send), reason)
+            for send in scp.unconfirmed():
+                failed.setdefault(id(send), reason)
             if stopped:
                 return True, {b: groups[b] for b, _ in streams[index + 1:]}
         return False, {}
@@ -604,7 +601,7 @@ class ShellRun:
         # only now, and only if its replacement arrived.
         removes = {r for mapping_plan in live for r in mapping_plan.removes}
         if removes:  # (a set of every path sent would cost ~40 B per file per host)
-            arrived = {s.result.path for s in sends + links if s.result.path in removes and id(s) not in failed
+            arrived = {s.path for s in sends + links if s.path in removes and id(s) not in failed
                        and s.base not in careful}
             arrived |= {d.path for d in new_dirs}
             for mapping_plan in live:
@@ -725,9 +722,9 @@ class ShellRun:
 
         for send in sends + links:
             if id(send) in failed:
-                send.result.action = "fail"
-                send.result.reason = failed[id(send)]
-                log.error("%s: %s", send.result.path, send.result.reason)
+                send.action = "fail"
+                send.reason = failed[id(send)]
+                log.error("%s: %s", send.path, send.reason)
         self.stream.chan.close()
 
 
@@ -735,7 +732,7 @@ def _staging_free(reason: str, send: Send) -> str:
     """scp names the temporary path in its messages; name the real one."""
     temporary = posixpath.join(send.stage, send.name)
     if temporary in reason:
-        reason = reason.replace(temporary, send.result.path)
+        reason = reason.replace(temporary, send.path)
     return reason.removeprefix("scp: ")
 
 
