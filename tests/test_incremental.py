@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import pytest
-from conftest import DROPBEAR_HOST, MAIN_HOSTS, SCP_ONLY_HOST, give, tree_state
+from conftest import BUSYBOX_HOST, DROPBEAR_HOST, MAIN_HOSTS, SCP_ONLY_HOST, give, tree_state
+
+from synctasks.constants import STAGING_PREFIX
 
 
 @pytest.fixture(params=["openssh", "scp-only", "dropbear"])
@@ -265,3 +268,32 @@ def test_sftp_protocol(project, server, remote, capsys, kind, request):
         assert seconds(tree_state(remote / "sftp")) == seconds(tree_state(src))
     else:
         assert status == 1 and "the server offers no SFTP" in out and "protocol = scp" in out
+
+
+@pytest.mark.parametrize("host", ["openssh", "busybox"])
+def test_a_file_that_cannot_be_moved_into_place_fails_alone(project, server, remote, capsys, host, request):
+    """The commit's move is where a file lands (one perl rename for the lot
+    on a host with perl, `mv` per folder on BusyBox). A file that cannot be
+    moved (an immutable file in its way) is the only one failed, by name,
+    and keeps its old content; no staging is left behind."""
+    srv, address = server, MAIN_HOSTS[0]
+    if host == "busybox":
+        srv, address = request.getfixturevalue("busybox_server"), BUSYBOX_HOST
+        give(srv, remote)
+    src, dest = synced(project, (srv, address), remote)
+    for name in ("f0.txt", "f2.txt", "f4.txt"):
+        (src / "dir0" / name).write_text(f"new {name}\n")
+    stuck = dest / "dir0" / "f2.txt"
+    subprocess.run(["chattr", "+i", str(stuck)], check=True)
+    try:
+        status, rep, _ = report(project, capsys=capsys)
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck)], check=True)
+    files = {f["path"]: f for h in rep["hosts"] for m in h["mappings"] for f in m["files"]}
+    assert status == 1 and rep["hosts"][0]["sent"] == 2 and rep["hosts"][0]["failed"] == 1, rep["hosts"][0]
+    failure = files[str(stuck)]
+    assert failure["action"] == "fail" and failure["reason"].startswith(f"cannot move into {dest}"), failure
+    assert stuck.read_text() == "file 2\n" * 3
+    assert (dest / "dir0" / "f0.txt").read_text() == "new f0.txt\n"
+    assert (dest / "dir0" / "f4.txt").read_text() == "new f4.txt\n"
+    assert not [p for p in dest.rglob("*") if p.name.startswith(STAGING_PREFIX)]

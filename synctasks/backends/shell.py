@@ -27,6 +27,7 @@ import secrets
 import shlex
 import time
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
 import paramiko
@@ -512,10 +513,14 @@ class ShellRun:
         what is left of its input: the rest goes on a new channel. Returns
         the channels to close at the end."""
         groups: dict[str, tuple[list[Send], list[NewDir]]] = {}
-        for send in sends:
-            groups.setdefault(self.root[send.base], ([], []))[0].append(send)
-        for new_dir in new_dirs:
-            groups.setdefault(self.root[new_dir.base], ([], []))[1].append(new_dir)
+        roots = {self.root[base] for base in {s.base for s in sends} | {d.base for d in new_dirs}}
+        if len(roots) == 1:  # one stream: its files are the list itself (a copy is 8 B per file per host)
+            groups[roots.pop()] = (sends, new_dirs)
+        else:
+            for send in sends:
+                groups.setdefault(self.root[send.base], ([], []))[0].append(send)
+            for new_dir in new_dirs:
+                groups.setdefault(self.root[new_dir.base], ([], []))[1].append(new_dir)
         planned = getattr(self.options.progress, "planned", None)
         if planned:
             planned(self.label, len(sends), sum(s.local.size for s in sends))
@@ -573,7 +578,7 @@ class ShellRun:
         ops = Ops(self.token)
         for mapping_plan in live:
             lost = {d.path for d in mapping_plan.new_dirs if d.base in careful}
-            for send in mapping_plan.sends + mapping_plan.links:
+            for send in chain(mapping_plan.sends, mapping_plan.links):
                 if send.base in careful and send.stage != self.stage_root(send.base):
                     failed.setdefault(id(send), f"its new folder could not be completed in {send.base}")
             for record in mapping_plan.result.files:
@@ -601,7 +606,7 @@ class ShellRun:
         # only now, and only if its replacement arrived.
         removes = {r for mapping_plan in live for r in mapping_plan.removes}
         if removes:  # (a set of every path sent would cost ~40 B per file per host)
-            arrived = {s.path for s in sends + links if s.path in removes and id(s) not in failed
+            arrived = {s.path for s in chain(sends, links) if s.path in removes and id(s) not in failed
                        and s.base not in careful}
             arrived |= {d.path for d in new_dirs}
             for mapping_plan in live:
@@ -609,14 +614,15 @@ class ShellRun:
                                                mapping_plan.mapping.dest).items():
                     ops.rm(where, names)
         add("tidy")
-        moving = [s for s in sends if id(s) not in failed] + links
+        # (the list itself when nothing failed: a copy is 8 B per file per host)
+        moving = [s for s in chain(sends, links) if id(s) not in failed] if failed or links else sends
         chowning = any(chown_spec(mapping_plan.mapping) for mapping_plan in live)
         moving_ids = {id(s) for s in moving} if chowning else set()
         # Owner and group before the move, so files appear with them.
         for mapping_plan in live:
             spec = chown_spec(mapping_plan.mapping)
             if spec:
-                items = [s for s in mapping_plan.sends + mapping_plan.links if id(s) in moving_ids]
+                items = [s for s in chain(mapping_plan.sends, mapping_plan.links) if id(s) in moving_ids]
                 items += [d for d in mapping_plan.new_dirs if d.base not in careful]
                 per_base: dict[str, list[str]] = {}
                 for item in items:
@@ -627,7 +633,7 @@ class ShellRun:
         # By name: what we sent, straight below each staging folder (files
         # inside a new folder travel with it).
         direct: dict[str, list[str]] = {}
-        for item in moving + new_dirs:
+        for item in chain(moving, new_dirs):
             rel = self.staged(item)
             if "/" not in rel:
                 direct.setdefault(item.base, []).append(rel)
@@ -639,14 +645,14 @@ class ShellRun:
                     pairs.setdefault(root, []).append((_below(f"{self.stage_root(base)}/{name}", root),
                                                        _below(f"{base.rstrip('/')}/{name}", root)))
             for root, root_pairs in pairs.items():
-                group = [s for s in moving if self.root[s.base] == root]
                 ops.mvall(self.where(root), root_pairs)
-                add("mv", root, group, [d for d in new_dirs if self.root[d.base] == root])
+                add("mv", root, lambda root=root: (s for s in moving if self.root[s.base] == root),
+                    [d for d in new_dirs if self.root[d.base] == root])
         else:
             for base in dict.fromkeys(b for p in live for b in p.bases):
-                group = [s for s in moving if s.base == base]
                 ops.mv(self.where(base), direct.get(base, []))
-                add("mv", base, group, [d for d in new_dirs if d.base == base])
+                add("mv", base, lambda base=base: (s for s in moving if s.base == base),
+                    [d for d in new_dirs if d.base == base])
         for mapping_plan in live:
             for where, names in self.group(mapping_plan.deletes, mapping_plan.mapping.dest).items():
                 ops.rm(where, names)
@@ -698,9 +704,9 @@ class ShellRun:
             if kind == "ln":
                 failed[id(about[1])] = f"cannot create the link: {message}"
             elif kind == "mv":
-                folder, group, base_dirs = about[1:]
-                named = [s for s in group if s.name in message]
-                for send in named or group:  # unnamed: we cannot tell which
+                folder, moved, base_dirs = about[1:]  # moved(): what that op moved (made only now)
+                named = [s for s in moved() if s.name in message]
+                for send in named or moved():  # unnamed: we cannot tell which
                     failed.setdefault(id(send), f"cannot move into {folder}: {message}")
                 lost = {d.path + "/" for d in base_dirs if d.path.rsplit("/", 1)[-1] in message or not named}
                 for mapping_plan in live:
@@ -712,7 +718,7 @@ class ShellRun:
                 problem = f"{op} failed: {message or 'status ' + str(status)}"
                 log.error("%s: %s", mapping_plan.mapping.dest, problem)
                 if kind == "chown":  # staged files went in without the owner asked for
-                    for item in mapping_plan.sends + mapping_plan.links:
+                    for item in chain(mapping_plan.sends, mapping_plan.links):
                         failed.setdefault(id(item), problem)
                 mapping_plan.fail(problem, actions)
             elif kind == "cleanup":
@@ -720,7 +726,7 @@ class ShellRun:
             else:
                 log.warning("could not tidy the staging folders: %s", message)
 
-        for send in sends + links:
+        for send in chain(sends, links):
             if id(send) in failed:
                 send.action = "fail"
                 send.reason = failed[id(send)]
@@ -736,15 +742,19 @@ def _staging_free(reason: str, send: Send) -> str:
     return reason.removeprefix("scp: ")
 
 
+def _joined(lists: list[list]) -> list:
+    """The lists as one: the list itself when there is one (a copy of a
+    mapping's sends is 8 B per file per host)."""
+    return lists[0] if len(lists) == 1 else [item for items in lists for item in items]
+
+
 def apply(target: Target, stream: Stream, plan: HostPlan, mappings: list[Mapping], options: SyncOptions,
           trees: LocalTrees | None = None, perl: bool = False) -> None:
     """Prepare, transfer, commit (see the module docstring)."""
     run = ShellRun(target, stream, plan, mappings, options, trees, perl)
     run.check_cancel()
     live = run.prepare()
-    sends = [s for p in live for s in p.sends]
-    links = [s for p in live for s in p.links]
-    new_dirs = [d for p in live for d in p.new_dirs]
+    sends, links, new_dirs = (_joined([getattr(p, kind) for p in live]) for kind in ("sends", "links", "new_dirs"))
     failed: dict[int, str] = {}
     #: staging folders whose transfer went wrong: commit only what is known good
     careful: set[str] = set()
