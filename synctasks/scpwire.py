@@ -6,7 +6,7 @@ Nothing here knows about hosts or plans beyond the Send/NewDir records.
 
 from __future__ import annotations
 
-import bisect
+import itertools
 import os
 import re
 import stat
@@ -34,17 +34,18 @@ class ScpStream:
     Every record the sink reads (T, C, D, E, a file's data) is answered by one
     byte 0, or by 1/2 and a message line. ``kinds`` says, in order, what each
     answer is for; a file's three (T, C, data) come together, and the n-th
-    file of ``records`` (in stream order) owns the n-th T answer and the two
-    after it. ``pos`` counts the answers read. (A byte per answer rather than
-    a record: 100,000 files to 8 hosts is 2.4 million answers.)
+    file of the stream (``sends``, put in stream order) owns the n-th T
+    answer and the two after it. ``pos`` counts the answers read. (A byte
+    per answer rather than a record: 100,000 files to 8 hosts is 2.4
+    million answers.)
     """
 
     token: str
+    #: the files, in stream order once :func:`scp_records` laid it out
     sends: list[Send]
     kinds: bytearray = field(default_factory=bytearray)
-    #: (navigation records, files sent after them) per folder, in stream order
-    records: list[tuple[bytes, list[Send]]] = field(default_factory=list)
-    starts: list[int] = field(default_factory=list)  #: per record: the number of files before it
+    #: per folder, in stream order: (navigation records, its files' range in sends)
+    records: list[tuple[bytes, int, int]] = field(default_factory=list)
     _counted: tuple[int, int] = (0, 0)  #: T answers before position [0]: [1]
     pos: int = 0
     failed: dict[int, str] = field(default_factory=dict)  #: id(send) -> reason
@@ -53,18 +54,6 @@ class ScpStream:
 
     def expect(self, kind: bytes) -> None:
         self.kinds += kind
-
-    def add(self, navigation: bytes, sends: list[Send]) -> None:
-        self.starts.append(self.starts[-1] + len(self.records[-1][1]) if self.records else 0)
-        self.records.append((navigation, sends))
-
-    def _files(self, first: int) -> list[Send]:
-        """The files of the stream from the ``first``-th on."""
-        i = bisect.bisect_right(self.starts, first) - 1  # the record holding it
-        if i < 0:
-            return []
-        found = self.records[i][1][first - self.starts[i]:]
-        return found + [s for _, sends in self.records[i + 1:] for s in sends]
 
     def owner(self, pos: int) -> Send | None:
         """The file answer ``pos`` is about (None: a folder record's)."""
@@ -76,9 +65,7 @@ class ScpStream:
             last, counted = 0, 0
         counted += self.kinds.count(TIMES, last, pos + 1)
         self._counted = (pos + 1, counted)
-        n = counted - 1
-        i = bisect.bisect_right(self.starts, n) - 1
-        return self.records[i][1][n - self.starts[i]]
+        return self.sends[counted - 1]
 
     @property
     def pending(self) -> bool:
@@ -88,7 +75,7 @@ class ScpStream:
         """The files whose data the sink did not confirm (in order: answers
         come in stream order, so they are the files after the last confirmed)."""
         end = self.pos if self.broken_at is None else min(self.pos, self.broken_at)
-        return self._files(self.kinds.count(DATA, 0, end))
+        return self.sends[self.kinds.count(DATA, 0, end):]
 
     def feed(self, data: bytes) -> bytes:
         """Consume answers; return what follows the last expected one."""
@@ -176,9 +163,10 @@ def _file_header(send: Send) -> bytes:
 
 
 def scp_records(scp: ScpStream, new_dirs: list[NewDir], root: str) -> int:
-    """Lay out the SCP stream into staging folder ``root`` (``scp.records``:
-    navigation records and the files to send there, per folder); its exact
-    length.
+    """Lay out the SCP stream into staging folder ``root``: ``scp.sends`` is
+    sorted (in place) into stream order, folder by folder, and
+    ``scp.records`` says where each folder starts. Returns the stream's
+    exact length.
 
     The length is known before a byte is sent (a file that cannot be read
     when its turn comes is padded to its announced size and never committed),
@@ -195,25 +183,30 @@ def scp_records(scp: ScpStream, new_dirs: list[NewDir], root: str) -> int:
     # Built writable (a folder is renamed into place only if we may write
     # its ".." entry); the final mode comes after the move.
     modes = {tuple(below(d.stage)): (d.mode & 0o7777) | 0o700 for d in new_dirs}
-    visits: dict[str, list[Send]] = {d.stage: [] for d in new_dirs}
-    for send in scp.sends:
-        visits.setdefault(send.stage, []).append(send)
-    total = 0
+    stages = dict.fromkeys(d.stage for d in new_dirs)
+    stages.update(dict.fromkeys(s.stage for s in scp.sends))
     # Parents sort before their children: each new folder is made before
     # anything goes into it, and empty new folders are made too.
-    for stage in sorted(visits, key=_components):
+    order = sorted(stages, key=_components)
+    rank = {stage: i for i, stage in enumerate(order)}
+    sends = scp.sends
+    sends.sort(key=lambda s: rank[s.stage])  # stable: a folder's files stay in walk order
+    total = i = 0
+    for stage in order:
         out = bytearray()
         _navigate(current, below(stage), out, scp, modes)
         total += len(out)
-        for send in visits[stage]:
-            total += len(_file_header(send)) + send.local.size + 1
+        start = i
+        while i < len(sends) and sends[i].stage == stage:
+            total += len(_file_header(sends[i])) + sends[i].local.size + 1
             scp.expect(FILE)
-        scp.add(bytes(out), visits[stage])
+            i += 1
+        scp.records.append((bytes(out), start, i))
     out = bytearray()
     _navigate(current, [], out, scp, modes)
     out += b"E\n"
     scp.expect(NAV)
-    scp.add(bytes(out), [])
+    scp.records.append((bytes(out), i, i))
     return total + len(out)
 
 
@@ -265,14 +258,14 @@ def send_scp(stream: Stream, scp: ScpStream, progress=None, label: str = "", don
         if len(out) >= FLUSH:
             flush()
 
-    for navigation, sends in scp.records:
+    for navigation, start, end in scp.records:
         out += navigation
-        for send_item in sends:
+        for send_item in itertools.islice(scp.sends, start, end):
             if cancel is not None:
                 cancel()  # raises to stop between files
             out += _file_header(send_item)
             entry = send_item.local
-            known = trees.blobs.get(entry.path) if trees is not None else None
+            known = trees.blob(entry.path) if trees is not None else None
             if known is not None and len(known) == entry.size:
                 out += known + b"\0"  # read for another host already
                 sent(entry.size)

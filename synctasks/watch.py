@@ -714,6 +714,7 @@ class WatchSession:
         self.ignore = tuple(str(p) for p in ignore)
         self.initial_trees: LocalTrees | None = LocalTrees(options.exclude, options.symlinks,
                                                            get_logger().warning)
+        self.initial_trees.senders = len(self.workers)
         self._lock = threading.Lock()
         self._out = 0
         #: batches routed so far: a round's walk is shared only by rounds of
@@ -774,6 +775,7 @@ class WatchSession:
             if shared is None or shared[0] != key or shared[1] != self.generation:
                 plans = {}
                 trees = RoundTrees(options.exclude, options.symlinks, get_logger().warning)
+                trees.senders = len(self.workers)  # at most (the hosts this round's changes reach)
                 shared = self._shared = [key, self.generation, plans, trees, 0]
             shared[4] += 1
             plans, trees = shared[2], shared[3]

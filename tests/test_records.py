@@ -216,3 +216,18 @@ def test_a_send_is_its_own_record_made_from_shared_parts(tmp_path):
     first, second = sent[f"{DEST}/same.txt"], sent[f"{DEST}/new.txt"]
     assert first.place is second.place and first.place is not send.place
     assert not hasattr(send, "__dict__")
+
+
+def test_small_files_are_kept_for_other_hosts_only():
+    trees = LocalTrees()
+    trees.senders = 3
+    room = trees.blob_room
+    trees.remember("/src/a", b"abc")
+    assert trees.blob("/src/a") == b"abc" and trees.blob_room == room - 3
+    trees.blob_room = 2
+    trees.remember("/src/b", b"xyz")  # over what is left of the budget: not kept
+    assert trees.blob("/src/b") is None and trees.blob("/src/a") == b"abc"
+    alone = LocalTrees()
+    alone.senders = 1  # one host: nothing to keep
+    alone.remember("/src/a", b"abc")
+    assert alone.blob("/src/a") is None and alone.blob_room == room
