@@ -224,16 +224,22 @@ while IFS= read -r line; do
     # client commits on a second channel meanwhile; this PID stays alive, so
     # no other run takes the staging folders for stale.)
     [ "$hs" = 0 ] || exec cat >/dev/null ;;
-  mvall) # N bytes of NUL-separated (staged path, final path) pairs, relative to the
-    # folder entered: one perl reads exactly them (sysread: no read-ahead) and renames
-    if loc 2>&1; then ok=1; else ok=0; fi
+  perl) # WHAT, then N bytes of NUL-separated names relative to the folder
+    # entered, for one perl (sysread: no read-ahead; the shell reads a byte
+    # at a time): mv renames (staged, final) pairs, mkdir makes each
+    # (exclusively), rm is rmdir, else rm -rf
+    IFS= read -r what; if loc 2>&1; then ok=1; else ok=0; fi
     IFS= read -r n
+    case $what in mv|mkdir|rm) ;; *) mark bad 3; exit 3 ;; esac
     case $n in *[!0-9]*|'') mark bad 3; exit 3 ;; esac
-    perl -e '($n, $ok) = @ARGV; $b = ""; while (length($b) < $n) {
+    perl -e '($n, $ok, $w) = @ARGV; $b = ""; while (length($b) < $n) {
       last unless sysread(STDIN, $b, $n - length($b), length($b)) }
-      @p = split(/\0/, $b); $r = !$ok; while ($ok && @p) { ($a, $c) = splice(@p, 0, 2);
-      if (!rename($a, $c)) { print "$c: $!\n"; $r = 1 } } exit $r' "$n" "$ok" 2>&1
-    mark mvall $? ;;
+      @p = split(/\0/, $b); $r = !$ok; while ($ok && @p) { $a = shift @p;
+      if ($w eq "mv") { $c = shift @p; if (!rename($a, $c)) { print "$c: $!\n"; $r = 1 } }
+      elsif ($w eq "mkdir") { if (!mkdir($a)) { print "mkdir: cannot create directory \x27$a\x27: $!\n"; $r = 1 } }
+      elsif (!rmdir($a) && (-e $a || -l $a)) { push @x, $a } }
+      while (@x) { system("rm", "-rf", "--", splice(@x, 0, 500)); $r = 1 if $? } exit $r' "$n" "$ok" "$what" 2>&1
+    mark "$what" $? ;;
   mv) # by the names we sent, from the staging folder (entered) to its folder
     if loc stage 2>&1; then names 'mv -f --' .. 2>&1; rc=$?; else rc=1; skiprest; fi
     mark mv $rc ;;

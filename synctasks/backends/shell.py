@@ -149,14 +149,15 @@ class Ops:
         if sink:
             self.parts.append(sink)
 
-    def mvall(self, where: tuple[str, str], pairs: list[tuple[str, str]]) -> None:
-        """Rename each (staged, final) pair, paths relative to ``where``, in one
-        perl process that reads exactly their bytes (the shell's ``read`` would
-        take them a byte at a time)."""
-        if not pairs:
+    def perl(self, what: str, where: tuple[str, str], names: list[str]) -> None:
+        """In one perl process that reads exactly their bytes (the shell's
+        ``read`` would take them a byte at a time), relative to ``where``:
+        ``mv`` renames each (staged, final) pair of ``names``, ``mkdir``
+        makes each name (an existing one fails), ``rm`` removes each (-rf)."""
+        if not names:
             return
-        payload = b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for pair in pairs for p in pair)
-        self._op("mvall", *where, str(len(payload)))
+        payload = b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
+        self._op("perl", what, *where, str(len(payload)))
         self.parts.append(payload)
 
     def mv(self, where: tuple[str, str], names: list[str]) -> None:
@@ -484,7 +485,10 @@ class ShellRun:
                     root = self.root[base]
                     per_root.setdefault(root, []).append(_below(self.stage_root(base), root))
             for root, names in per_root.items():
-                ops.mkdirs(self.where(root), names)
+                if self.perl:
+                    ops.perl("mkdir", self.where(root), names)
+                else:
+                    ops.mkdirs(self.where(root), names)
                 owners.append((mapping_plan, root))
         self.send_ops(ops)
         broken: dict[int, str] = {}
@@ -645,7 +649,7 @@ class ShellRun:
                     pairs.setdefault(root, []).append((_below(f"{self.stage_root(base)}/{name}", root),
                                                        _below(f"{base.rstrip('/')}/{name}", root)))
             for root, root_pairs in pairs.items():
-                ops.mvall(self.where(root), root_pairs)
+                ops.perl("mv", self.where(root), [name for pair in root_pairs for name in pair])
                 add("mv", root, lambda root=root: (s for s in moving if self.root[s.base] == root),
                     [d for d in new_dirs if self.root[d.base] == root])
         else:
@@ -661,7 +665,10 @@ class ShellRun:
             bases = mapping_plan.bases
             stages = [self.stage_root(b) for b in dict.fromkeys(bases + [self.root[b] for b in bases])]
             for where, names in self.group(stages, mapping_plan.mapping.dest).items():
-                ops.rm(where, names)
+                if self.perl:
+                    ops.perl("rm", where, names)
+                else:
+                    ops.rm(where, names)
         add("cleanup")
         for mapping_plan in live:
             anchor = mapping_plan.mapping.dest
