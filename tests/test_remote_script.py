@@ -122,3 +122,27 @@ def test_token_must_look_like_one(shell):
     done = subprocess.run(argv + ["-c", SCRIPT, "sh", "ops"], input=b"$(touch /tmp/x)\n", capture_output=True,
                           env={"PATH": path}, timeout=30)
     assert done.returncode == 3 and done.stdout == b"I\0"
+
+
+def test_perl_op_makes_exclusively_removes_anything_and_renames(tmp_path):
+    """The one perl op (hosts with perl): mkdir fails on an existing name,
+    rm takes empty folders, full ones, files and links (a missing name is
+    no error), mv renames by pairs."""
+    dest = tmp_path / "d"
+    for folder in ("exists", "full", "empty"):
+        (dest / folder).mkdir(parents=True)
+    (dest / "full" / "f").write_text("x")
+    (dest / "file").write_text("x")
+    (dest / "link").symlink_to(tmp_path)  # a link to a folder: removed, not followed
+    where = (str(dest), "")
+
+    def build(ops):
+        ops.perl("mkdir", where, ["new", "exists"])
+        ops.perl("rm", where, ["full", "file", "link", "empty", "missing"])
+        ops.perl("mv", where, ["new", "moved"])
+
+    answers = run_ops((["/bin/sh"], os.environ["PATH"]), build)
+    assert answers[0][:2] == ("mkdir", 1) and "cannot create directory 'exists': File exists" in answers[0][2]
+    assert answers[1][:2] == ("rm", 0) and answers[2][:2] == ("mv", 0), answers
+    assert sorted(os.listdir(dest)) == ["exists", "moved"] and (tmp_path / "d").is_dir()
+    assert (dest / "moved").stat().st_mode & 0o777 == 0o700  # the script's umask 077
