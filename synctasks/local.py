@@ -205,10 +205,6 @@ class LocalTrees:
                 self.blobs[path] = data
                 self.blob_room -= len(data)
 
-    def blob(self, path: str) -> bytes | None:
-        """The bytes of ``path`` if another host read them."""
-        return self.blobs.get(path)
-
     def excluder(self, mapping: Mapping) -> Excluder:
         return Excluder(self.global_exclude + tuple(mapping.exclude))
 

@@ -74,7 +74,8 @@ class Send(FileResult):
     @property
     def name(self) -> str:
         """Final file name."""
-        return self.path.rpartition("/")[2]
+        rel = self.local.rel
+        return (rel or self.place.prefix).rpartition("/")[2]
 
     @property
     def folder(self) -> str:

@@ -157,9 +157,9 @@ def _file_header(send: Send) -> bytes:
     # SCP's T record takes no negative times (files dated before 1970).
     seconds, nanos = divmod(max(0, entry.mtime_ns), 1_000_000_000)
     a_seconds, a_nanos = divmod(max(0, entry.atime_ns), 1_000_000_000)
-    return (b"T%d %d %d %d\n" % (seconds, nanos // 1000, a_seconds, a_nanos // 1000)
-            + b"C%04o %d " % (send.mode & 0o7777, entry.size)
-            + send.name.encode("utf-8", "surrogateescape") + b"\n")
+    return b"T%d %d %d %d\nC%04o %d %b\n" % (seconds, nanos // 1000, a_seconds, a_nanos // 1000,
+                                               send.mode & 0o7777, entry.size,
+                                               send.name.encode("utf-8", "surrogateescape"))
 
 
 def scp_records(scp: ScpStream, new_dirs: list[NewDir], root: str) -> int:
@@ -258,6 +258,10 @@ def send_scp(stream: Stream, scp: ScpStream, progress=None, label: str = "", don
         if len(out) >= FLUSH:
             flush()
 
+    blobs = trees.blobs if trees is not None else {}
+    # Small files are kept for the other hosts, if there are others.
+    keep = trees is not None and trees.senders != 1
+    failed = scp.failed
     for navigation, start, end in scp.records:
         out += navigation
         for send_item in itertools.islice(scp.sends, start, end):
@@ -265,29 +269,31 @@ def send_scp(stream: Stream, scp: ScpStream, progress=None, label: str = "", don
                 cancel()  # raises to stop between files
             out += _file_header(send_item)
             entry = send_item.local
-            known = trees.blob(entry.path) if trees is not None else None
-            if known is not None and len(known) == entry.size:
-                out += known + b"\0"  # read for another host already
-                sent(entry.size)
-                continue
-            remaining = entry.size
+            path, size = entry.path, entry.size
+            if blobs:
+                known = blobs.get(path)
+                if known is not None and len(known) == size:
+                    out += known + b"\0"  # read for another host already
+                    sent(size)
+                    continue
+            remaining = size
             chunk = b""  # small files come in one chunk: kept for the other hosts
-            fd, problem = _open_regular(entry.path)
+            fd, problem = _open_regular(path)
             if problem:
-                scp.failed[id(send_item)] = problem
+                failed[id(send_item)] = problem
             try:
                 while remaining:
                     want = min(CHUNK, remaining)
                     try:
                         chunk = _read_exactly(fd, want) if fd is not None else None
                     except OSError as exc:
-                        scp.failed.setdefault(id(send_item), f"cannot read {entry.path}: {exc.strerror}")
+                        failed.setdefault(id(send_item), f"cannot read {path}: {exc.strerror}")
                         os.close(fd)
                         fd, chunk = None, None
                     if chunk is None:
                         # Unreadable, or shrank while we read it: keep the
                         # stream in step with the size announced; never commit.
-                        scp.failed.setdefault(id(send_item), "the file changed while it was sent: run the sync again")
+                        failed.setdefault(id(send_item), "the file changed while it was sent: run the sync again")
                         chunk = bytes(want)
                     remaining -= want
                     if want >= FLUSH:
@@ -299,17 +305,17 @@ def send_scp(stream: Stream, scp: ScpStream, progress=None, label: str = "", don
                         flush()
                 if fd is not None:
                     now = os.fstat(fd)
-                    if now.st_size != entry.size or now.st_mtime_ns != entry.mtime_ns:
+                    if now.st_size != size or now.st_mtime_ns != entry.mtime_ns:
                         # Written to while we read it: what we sent may mix
                         # old and new. Never commit it; the next run sends it.
-                        scp.failed.setdefault(id(send_item), "the file changed while it was sent: run the sync again")
-                    elif trees is not None and entry.size <= BLOB_MAX and id(send_item) not in scp.failed:
-                        trees.remember(entry.path, chunk if entry.size else b"")
+                        failed.setdefault(id(send_item), "the file changed while it was sent: run the sync again")
+                    elif keep and size <= BLOB_MAX and id(send_item) not in failed:
+                        trees.remember(path, chunk if size else b"")
             finally:
                 if fd is not None:
                     os.close(fd)
             out += b"\0"
-            sent(entry.size)
+            sent(size)
     flush()
 
 

@@ -221,7 +221,7 @@ class SftpRun:
     def upload(self, send) -> None:
         entry = send.local
         path = posixpath.join(send.stage, send.name)
-        blob = self.trees.blob(entry.path) if self.trees is not None else None
+        blob = self.trees.blobs.get(entry.path) if self.trees is not None else None
 
         def progress(_done: int, _total: int) -> None:
             self.check_cancel()
