@@ -91,59 +91,70 @@ def walk(mapping: Mapping, exclude: Excluder, symlinks: str, warn) -> list[Local
     while stack:
         folder, prefix, above = stack.pop()
         try:
-            with os.scandir(folder) as it:
-                children = sorted(it, key=_name)
+            # Entries are stat'ed relative to their folder (fstatat): a
+            # lookup of one name, not of every component of a long path.
+            dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                with os.scandir(dfd) as it:
+                    children = sorted(it, key=_name)
+            except OSError:
+                os.close(dfd)
+                raise
         except OSError as exc:
             warn(f"{folder}: cannot read folder ({exc.strerror}): skipped, and nothing below it is deleted")
             append(LocalEntry(rel=prefix.rstrip("/"), kind="x", root=root))
             continue
+        here = folder if folder.endswith("/") else folder + "/"
         subfolders = []
-        for child in children:
-            rel = prefix + child.name
-            try:
-                child_info = child.stat(follow_symlinks=False)
-            except OSError as exc:
-                warn(f"{child.path}: cannot stat ({exc.strerror}): skipped")
-                append(LocalEntry(rel=rel, kind="x", root=root))
-                continue
-            mode = child_info.st_mode
-            if follow and stat.S_ISLNK(mode):
-                target = os.path.realpath(child.path)
-                if os.path.commonpath([target, real_root]) != real_root:
-                    warn(f"{child.path}: symlink leads out of src (to {target}): skipped (symlinks = follow)")
-                    continue
-                if target in above:
-                    warn(f"{child.path}: symlink loops back to {target}: skipped")
-                    continue
+        try:
+            for child in children:
+                rel = prefix + child.name
                 try:
-                    child_info = os.stat(child.path)
+                    child_info = child.stat(follow_symlinks=False)
                 except OSError as exc:
-                    warn(f"{child.path}: dangling symlink ({exc.strerror}): skipped")
+                    warn(f"{here}{child.name}: cannot stat ({exc.strerror}): skipped")
+                    append(LocalEntry(rel=rel, kind="x", root=root))
                     continue
                 mode = child_info.st_mode
-            kind = mode & 0o170000
-            if kind == stat.S_IFREG:
-                if not (excluding and exclude(rel, False)):
-                    append(LocalEntry(rel, "f", root, child_info.st_size, child_info.st_mtime_ns,
-                                      child_info.st_atime_ns, mode & 0o7777))
-            elif kind == stat.S_IFDIR:
-                if excluding and exclude(rel, True):
+                if follow and stat.S_ISLNK(mode):
+                    target = os.path.realpath(here + child.name)
+                    if os.path.commonpath([target, real_root]) != real_root:
+                        warn(f"{here}{child.name}: symlink leads out of src (to {target}): skipped (symlinks = follow)")
+                        continue
+                    if target in above:
+                        warn(f"{here}{child.name}: symlink loops back to {target}: skipped")
+                        continue
+                    try:
+                        child_info = os.stat(child.name, dir_fd=dfd)
+                    except OSError as exc:
+                        warn(f"{here}{child.name}: dangling symlink ({exc.strerror}): skipped")
+                        continue
+                    mode = child_info.st_mode
+                kind = mode & 0o170000
+                if kind == stat.S_IFREG:
+                    if not (excluding and exclude(rel, False)):
+                        append(LocalEntry(rel, "f", root, child_info.st_size, child_info.st_mtime_ns,
+                                          child_info.st_atime_ns, mode & 0o7777))
+                elif kind == stat.S_IFDIR:
+                    if excluding and exclude(rel, True):
+                        continue
+                    append(LocalEntry(rel, "d", root, 0, child_info.st_mtime_ns, child_info.st_atime_ns,
+                                      mode & 0o7777))
+                    # Loops can only come through followed links: only then is
+                    # each folder's real path worth its cost.
+                    chain = above | {os.path.realpath(here + child.name)} if follow else above
+                    subfolders.append((here + child.name, rel + "/", chain))
+                elif excluding and exclude(rel, False):
                     continue
-                append(LocalEntry(rel, "d", root, 0, child_info.st_mtime_ns, child_info.st_atime_ns,
-                                  mode & 0o7777))
-                # Loops can only come through followed links: only then is
-                # each folder's real path worth its cost.
-                chain = above | {os.path.realpath(child.path)} if follow else above
-                subfolders.append((child.path, rel + "/", chain))
-            elif excluding and exclude(rel, False):
-                continue
-            elif kind == stat.S_IFLNK:
-                if symlinks == "skip":
-                    warn(f"{child.path}: symlink skipped (symlinks = skip)")
-                    continue
-                append(_local(root, rel, child_info, "l", os.readlink(child.path)))
-            else:
-                warn(f"{child.path}: not a regular file, folder or symlink (socket, FIFO or device): skipped")
+                elif kind == stat.S_IFLNK:
+                    if symlinks == "skip":
+                        warn(f"{here}{child.name}: symlink skipped (symlinks = skip)")
+                        continue
+                    append(_local(root, rel, child_info, "l", os.readlink(child.name, dir_fd=dfd)))
+                else:
+                    warn(f"{here}{child.name}: not a regular file, folder or symlink (socket, FIFO or device): skipped")
+        finally:
+            os.close(dfd)
         stack.extend(reversed(subfolders))
     return entries
 

@@ -58,14 +58,14 @@ def test_unreadable_local_folder_protects_its_remote_copy(tmp_path, monkeypatch)
     src = tmp_path / "src"
     (src / "locked").mkdir(parents=True)
     (src / "open.txt").write_text("o")
-    real_scandir = os.scandir
+    real_open = os.open
 
-    def scandir(path):
-        if str(path).endswith("locked"):
+    def open_folder(path, flags, *args, **kwargs):  # as for a folder we may not read (we are root here)
+        if str(path).endswith("locked") and flags & os.O_DIRECTORY:
             raise PermissionError(13, "Permission denied")
-        return real_scandir(path)
+        return real_open(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(local.os, "scandir", scandir)
+    monkeypatch.setattr(local.os, "open", open_folder)
     mode = src.stat().st_mode & 0o7777
     listing = Listing(entries={"/d": {
         "/d": RemoteEntry("d", mode, 0, 0),
