@@ -761,7 +761,9 @@ def apply(target: Target, stream: Stream, plan: HostPlan, mappings: list[Mapping
     run = ShellRun(target, stream, plan, mappings, options, trees, perl)
     run.check_cancel()
     live = run.prepare()
-    sends, links, new_dirs = (_joined([getattr(p, kind) for p in live]) for kind in ("sends", "links", "new_dirs"))
+    sends = _joined([p.sends for p in live])
+    links = _joined([p.links for p in live])
+    new_dirs = _joined([p.new_dirs for p in live])
     failed: dict[int, str] = {}
     #: staging folders whose transfer went wrong: commit only what is known good
     careful: set[str] = set()
