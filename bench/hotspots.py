@@ -87,7 +87,7 @@ def main() -> int:
                     os.utime(path, (stamp, stamp))
 
             def ours() -> tuple[float, int]:
-                return b.synctasks(args.entry, mapping)
+                return b.synctasks(args.entry, mapping, rss=True)
 
             print(f"scenario {args.scenario}: {sum(1 for _ in src.rglob('*'))} entries, {len(folders)} folders, "
                   f"{len(hosts)} host(s), entry {args.entry}, load {os.getloadavg()[0]:.2f}", flush=True)

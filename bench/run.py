@@ -17,8 +17,10 @@ reference; targets (issue 10) are judged on `fab sync`, the design card's
 entry; `synctasks sync` (the console script) is shown beside it (by
 default measured in the first round only, to keep the run near 10 minutes).
 
-Peak RSS is the synctasks process's own (os.wait4's rusage of that child,
-the same figure as /usr/bin/time -v's "Maximum resident set size").
+Peak RSS is the synctasks process's own, as GNU time reports it (%M). Not
+os.wait4's rusage of our own child: Linux carries the spawning process's
+peak RSS over exec into the child's (this harness grows past 160 MiB in a
+full run, which every child would then show).
 
 Every tool gets its own destination (all loopback "hosts" share one file
 system), except in no-op cases, where `fab sync` and `synctasks sync` share
@@ -48,6 +50,7 @@ from testing.testproxy import TcpProxy  # noqa: E402
 from testing.testserver import TestServer, _descendants, loopback_addresses  # noqa: E402
 
 BIN = Path(sys.executable).parent
+TIME = "/usr/bin/time"  #: GNU time (Debian package time): a child's own peak RSS
 HOSTS = loopback_addresses(16)
 MiB = 1 << 20
 
@@ -236,12 +239,16 @@ class Bench:
         return [str(BIN / program), "sync", "--quiet", "--config", str(config), *flags]
 
     def synctasks(self, entry: str, mappings: dict[str, list[dict]], address_port: dict[str, int] | None = None,
-                  flags: tuple[str, ...] = ()) -> tuple[float, int]:
-        """Run the whole synctasks process; (seconds, peak RSS KiB)."""
+                  flags: tuple[str, ...] = (), rss: bool = False) -> tuple[float, int]:
+        """Run the whole synctasks process; (seconds, peak RSS KiB: with
+        ``rss`` measured by GNU time, else 0)."""
         argv = self.argv(entry, self.write_project(mappings, address_port), flags)
+        peak = 0
         # stderr goes to a file: a pipe read only after the wait would
         # block a run that writes more than a pipe holds.
-        with tempfile.TemporaryFile() as errors:
+        with tempfile.TemporaryFile() as errors, tempfile.NamedTemporaryFile("r") as rss_out:
+            if rss:
+                argv = [TIME, "-f", "%M", "-o", rss_out.name, *argv]
             started = time.perf_counter()
             process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errors, cwd=ROOT)
             _, status, usage = os.wait4(process.pid, 0)
@@ -250,8 +257,10 @@ class Bench:
             if process.returncode != 0:
                 errors.seek(0)
                 raise SystemExit(f"{argv[0]} sync failed: {errors.read().decode(errors='replace')[-4000:]}")
+            if rss:
+                peak = int(rss_out.read().split()[-1])
         self.last_usage = usage
-        return seconds, usage.ru_maxrss
+        return seconds, peak
 
     def ours(self, mappings_of: Callable[[str], dict[str, list[dict]]], before: Callable[[str], None] | None = None,
              address_port: dict[str, int] | None = None, flags: tuple[str, ...] = ()) -> list[Tool]:
@@ -558,7 +567,8 @@ def rss_case(b: Bench, files: int, size: int, folders: int, name: str, target_mi
     for entry in b.entries[:1]:
         dests = {h: b.dest(h, f"rss-{name}") for h in hosts}
         b.clear(*dests.values())
-        seconds, rss_kib = b.synctasks(entry, {h: [{"src": str(src), "dest": str(d)}] for h, d in dests.items()})
+        seconds, rss_kib = b.synctasks(entry, {h: [{"src": str(src), "dest": str(d)}] for h, d in dests.items()},
+                                       rss=True)
         b.verify(src, dests[hosts[-1]])
         rss = rss_kib / 1024
         label = {"fab": "fab sync", "cli": "synctasks sync"}[entry]
@@ -649,7 +659,7 @@ def main() -> int:
         sizes["rss_tree"] = args.tree_files
     rounds = args.rounds or (1 if args.quick else 3)
     entries = ["fab", "cli"] if args.entry == "both" else [args.entry]
-    missing = [t for t in ("rsync", "parallel-scp", "xargs") if not shutil.which(t)]
+    missing = [t for t in ("rsync", "parallel-scp", "xargs", TIME) if not shutil.which(t)]
     if missing:
         raise SystemExit(f"missing: {', '.join(missing)} (scripts/bench.sh installs them)")
 

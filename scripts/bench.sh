@@ -6,14 +6,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-# The 16-host case compares with pssh's parallel-scp (Debian package pssh).
-if ! command -v parallel-scp >/dev/null 2>&1; then
+# The 16-host case compares with pssh's parallel-scp (Debian package pssh);
+# GNU time (package time) measures peak RSS.
+if ! command -v parallel-scp >/dev/null 2>&1 || [ ! -x /usr/bin/time ]; then
     if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
-        echo "bench: need the Debian package pssh (parallel-scp) and no root or sudo to install it" >&2
+        echo "bench: need the Debian packages pssh (parallel-scp) and time, and no root or sudo to install them" >&2
         exit 2
     fi
-    echo "bench: installing pssh" >&2
+    echo "bench: installing pssh and time" >&2
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends pssh >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends pssh time >/dev/null
 fi
 exec .venv/bin/python bench/run.py "$@"
