@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 
 import pytest
 from conftest import BUSYBOX_HOST, DROPBEAR_HOST, MAIN_HOSTS, SCP_ONLY_HOST, give, tree_state
@@ -274,8 +273,8 @@ def test_sftp_protocol(project, server, remote, capsys, kind, request):
 def test_a_file_that_cannot_be_moved_into_place_fails_alone(project, server, remote, capsys, host, request):
     """The commit's move is where a file lands (one perl rename for the lot
     on a host with perl, `mv` per folder on BusyBox). A file that cannot be
-    moved (an immutable file in its way) is the only one failed, by name,
-    and keeps its old content; no staging is left behind."""
+    replaced (another user's, in a sticky folder) is the only one failed, by
+    name, and keeps its old content; no staging is left behind."""
     srv, address = server, MAIN_HOSTS[0]
     if host == "busybox":
         srv, address = request.getfixturevalue("busybox_server"), BUSYBOX_HOST
@@ -283,12 +282,15 @@ def test_a_file_that_cannot_be_moved_into_place_fails_alone(project, server, rem
     src, dest = synced(project, (srv, address), remote)
     for name in ("f0.txt", "f2.txt", "f4.txt"):
         (src / "dir0" / name).write_text(f"new {name}\n")
+    # dir0 becomes root's, sticky and open to all (as /tmp), locally too, so
+    # no chmod is planned: the login user may add and replace its own files
+    # there, not root's f2.txt.
     stuck = dest / "dir0" / "f2.txt"
-    subprocess.run(["chattr", "+i", str(stuck)], check=True)
-    try:
-        status, rep, _ = report(project, capsys=capsys)
-    finally:
-        subprocess.run(["chattr", "-i", str(stuck)], check=True)
+    for path in (dest / "dir0", stuck):
+        os.chown(path, 0, 0)
+    for folder in (dest / "dir0", src / "dir0"):
+        folder.chmod(0o1777)
+    status, rep, _ = report(project, capsys=capsys)
     files = {f["path"]: f for h in rep["hosts"] for m in h["mappings"] for f in m["files"]}
     assert status == 1 and rep["hosts"][0]["sent"] == 2 and rep["hosts"][0]["failed"] == 1, rep["hosts"][0]
     failure = files[str(stuck)]
