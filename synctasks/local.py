@@ -167,7 +167,7 @@ class LocalTrees:
     """
 
     def __init__(self, global_exclude: tuple[str, ...] = (), symlinks: str = "copy", warn=print,
-                 checksum: bool = False):
+                 checksum: bool = False, senders: int | None = None):
         #: --checksum: every file is hashed with the walk (once, and beside
         #: the listings: not by each host's planning, one file at a time)
         self.checksum = checksum
@@ -178,7 +178,7 @@ class LocalTrees:
         self._slots: dict[tuple, "_Slot"] = {}
         #: How many hosts of the run may send these files (None: not known):
         #: with one, no small file is kept for the others.
-        self.senders: int | None = None
+        self.senders = senders
         #: contents of small files already read for one host, for the others
         #: (one read per run, and every host gets the same bytes)
         self.blobs: dict[str, bytes] = {}
@@ -191,9 +191,14 @@ class LocalTrees:
         self._expected_lock = threading.Lock()
 
     @classmethod
-    def for_options(cls, options, warn) -> "LocalTrees":
+    def for_options(cls, options, warn, senders: int | None = None) -> "LocalTrees":
         """The trees a run with these SyncOptions walks (hashed with --checksum)."""
-        return cls(options.exclude, options.symlinks, warn, options.compare == "checksum")
+        return cls(options.exclude, options.symlinks, warn, options.compare == "checksum", senders)
+
+    @property
+    def shares_blobs(self) -> bool:
+        """Whether small files read for one host are kept for others."""
+        return self.senders is None or self.senders > 1
 
     def sha256(self, entry: "LocalEntry") -> str:
         key = (entry.path, entry.size, entry.mtime_ns)
@@ -209,7 +214,7 @@ class LocalTrees:
 
     def remember(self, path: str, data: bytes) -> None:
         """Keep the bytes of a small file just read, for the other hosts."""
-        if self.senders is not None and self.senders < 2:
+        if not self.shares_blobs:
             return  # no other host will ask
         with self._lock:
             if len(data) <= BLOB_MAX and len(data) <= self.blob_room and path not in self.blobs:

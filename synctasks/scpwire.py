@@ -260,7 +260,7 @@ def send_scp(stream: Stream, scp: ScpStream, progress=None, label: str = "", don
 
     blobs = trees.blobs if trees is not None else {}
     # Small files are kept for the other hosts, if there are others.
-    keep = trees is not None and trees.senders != 1
+    keep = trees is not None and trees.shares_blobs
     failed = scp.failed
     for navigation, start, end in scp.records:
         out += navigation

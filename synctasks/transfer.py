@@ -138,9 +138,8 @@ def sync_connection(c, mappings: list[Mapping], options: SyncOptions | None = No
     log = get_logger(label)
     result = HostResult(host=label, dry_run=options.dry_run)
     started = time.monotonic()
-    if trees is None:
-        trees = LocalTrees.for_options(options, log.warning)
-        trees.senders = 1  # this host's own: nothing is kept for others
+    # (this host's own trees: nothing is kept for others)
+    trees = trees or LocalTrees.for_options(options, log.warning, senders=1)
     by_mapping: dict[int, MappingResult] = {}
     backend = "sftp" if options.protocol == "sftp" else ""
     try:

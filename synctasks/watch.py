@@ -154,8 +154,9 @@ class RoundTrees(LocalTrees):
     """The local walks of one round: a scoped mapping walks only its scope,
     and keeps matching exclude patterns against its mapping's root."""
 
-    def __init__(self, global_exclude: tuple[str, ...] = (), symlinks: str = "copy", warn=print):
-        super().__init__(global_exclude, symlinks, warn)
+    def __init__(self, global_exclude: tuple[str, ...] = (), symlinks: str = "copy", warn=print,
+                 senders: int | None = None):
+        super().__init__(global_exclude, symlinks, warn, senders=senders)
         self.scopes: dict[Mapping, Scope] = {}
 
     def excluder(self, mapping: Mapping):
@@ -713,8 +714,7 @@ class WatchSession:
         #: round's log line would start the next round)
         self.ignore = tuple(str(p) for p in ignore)
         self.initial_trees: LocalTrees | None = LocalTrees(options.exclude, options.symlinks,
-                                                           get_logger().warning)
-        self.initial_trees.senders = len(self.workers)
+                                                           get_logger().warning, senders=len(self.workers))
         self._lock = threading.Lock()
         self._out = 0
         #: batches routed so far: a round's walk is shared only by rounds of
@@ -774,8 +774,8 @@ class WatchSession:
             shared = self._shared
             if shared is None or shared[0] != key or shared[1] != self.generation:
                 plans = {}
-                trees = RoundTrees(options.exclude, options.symlinks, get_logger().warning)
-                trees.senders = len(self.workers)  # at most (the hosts this round's changes reach)
+                # senders: at most (the hosts this round's changes reach)
+                trees = RoundTrees(options.exclude, options.symlinks, get_logger().warning, len(self.workers))
                 shared = self._shared = [key, self.generation, plans, trees, 0]
             shared[4] += 1
             plans, trees = shared[2], shared[3]

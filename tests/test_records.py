@@ -219,15 +219,13 @@ def test_a_send_is_its_own_record_made_from_shared_parts(tmp_path):
 
 
 def test_small_files_are_kept_for_other_hosts_only():
-    trees = LocalTrees()
-    trees.senders = 3
+    trees = LocalTrees(senders=3)
     room = trees.blob_room
     trees.remember("/src/a", b"abc")
     assert trees.blobs.get("/src/a") == b"abc" and trees.blob_room == room - 3
     trees.blob_room = 2
     trees.remember("/src/b", b"xyz")  # over what is left of the budget: not kept
     assert trees.blobs.get("/src/b") is None and trees.blobs.get("/src/a") == b"abc"
-    alone = LocalTrees()
-    alone.senders = 1  # one host: nothing to keep
+    alone = LocalTrees(senders=1)  # one host: nothing to keep
     alone.remember("/src/a", b"abc")
     assert alone.blobs.get("/src/a") is None and alone.blob_room == room
