@@ -57,8 +57,6 @@ PERL_SINK = Path(__file__).with_name("sink.pl").read_bytes()
 #: What sudo says when it will not run the script.
 SUDO_REFUSALS = ("try again", "incorrect password", "not in the sudoers", "not allowed to execute",
                  "a password is required", "no tty present", "a terminal is required")
-#: Streams whose files average less than this go through the perl sink.
-SMALL_FILES = 256 << 10
 #: Bytes of error output kept at most before one marker.
 MAX_OP_OUTPUT = 16 << 20
 
@@ -545,10 +543,11 @@ class ShellRun:
             self.check_cancel()
             scp = ScpStream(self.token, base_sends)
             length = scp_records(scp, base_dirs, self.stage_root(base) if self.secure else base)
-            # The perl sink wins on many small files (scp -t reads each header
-            # a byte at a time); on big files C's scp -t copies faster.
-            small = not base_sends or sum(s.local.size for s in base_sends) < len(base_sends) * SMALL_FILES
-            ops.scp(self.where(base), length, staged=self.secure, sink=self.sink if small else b"")
+            # The perl sink reads the stream in big blocks: on many small files
+            # (scp -t reads each header a byte at a time), and on big ones
+            # (GNU head feeding scp -t copies it once more; 512 MiB: 2.6-2.8 s
+            # against 2.9-3.2 s).
+            ops.scp(self.where(base), length, staged=self.secure, sink=self.sink)
             self.send_ops(ops)
             send_scp(self.stream, scp, self.options.progress, self.label, done, self.trees, cancel=self.check_cancel)
             streams.append((base, scp))
