@@ -25,8 +25,6 @@ Neither depends on the task layer (fabfile.py, the console script).
 
 from __future__ import annotations
 
-import functools
-import gc
 import hashlib
 import os
 import threading
@@ -42,6 +40,7 @@ from .connection import build_connection, open_connection, verify_host_key
 from .errors import GroupSyncFailed, InputError, Interrupted, SyncFailed, SyncTasksError
 from .inputs import HostEntry, Inventory, Mapping, Settings, check_mapping_dests, load_inventory, resolve_mapping
 from .logger import add_secret, get_logger, redact
+from .nogc import paused_gc
 from .options import SyncOptions
 from .local import LocalTrees
 from .results import DONE, NO_MAPPING, NOT_STARTED, STOPPED, GroupResult, HostResult
@@ -55,27 +54,6 @@ RETRY_BACKOFF = 0.5
 STOP_GRACE = 1.0
 #: How often the waiting thread looks at the cancel event.
 POLL = 0.1
-
-
-def gc_paused(run: Callable) -> Callable:
-    """Run without the cyclic garbage collector (as Mercurial's ``nogc``):
-    a sync allocates records by the hundred thousand and keeps nearly all of
-    them, so every automatic collection scans them for nothing, under the
-    GIL, while the other threads wait. A no-op of 100,000 files took
-    1.6-1.7 s instead of 1.8-2.2 s, a first sync 7.6 s instead of 8.6 s, at
-    the same peak RSS (bench/PROFILE.md). Reference counting still frees
-    everything that is not in a cycle; the collector is on again after the
-    run (if it was on before)."""
-    @functools.wraps(run)
-    def paused(*args, **kwargs):
-        was = gc.isenabled()
-        gc.disable()
-        try:
-            return run(*args, **kwargs)
-        finally:
-            if was:
-                gc.enable()
-    return paused
 
 
 def options_from(settings: Settings | None, **flags: Any) -> SyncOptions:
@@ -142,7 +120,7 @@ def _open_caller_connection(c, settings: Settings | None, label: str) -> None:
         open_connection(c, label, settings.retries if settings else 0)
 
 
-@gc_paused
+@paused_gc()
 def sync_host(c, mappings: Iterable[Mapping | dict], *, settings: Settings | None = None,
               options: SyncOptions | None = None, base_dir: str | os.PathLike | None = None,
               sudo_password: str | None = None, warn: bool = False, cancel: threading.Event | None = None,
@@ -487,7 +465,7 @@ def _sync_entry(host: HostEntry, mappings: list[Mapping], settings: Settings, op
     return result
 
 
-@gc_paused
+@paused_gc()
 def sync_inventory(config_path: str | os.PathLike | None = None, *, inventory: Inventory | None = None,
                    only: str | Iterable[str] | None = None, hosts: list[HostEntry] | None = None,
                    shard: str | tuple[int, int] | None = None, warn: bool = False,
