@@ -40,7 +40,6 @@ from .connection import build_connection, open_connection, verify_host_key
 from .errors import GroupSyncFailed, InputError, Interrupted, SyncFailed, SyncTasksError
 from .inputs import HostEntry, Inventory, Mapping, Settings, check_mapping_dests, load_inventory, resolve_mapping
 from .logger import add_secret, get_logger, redact
-from .nogc import paused_gc
 from .options import SyncOptions
 from .local import LocalTrees
 from .results import DONE, NO_MAPPING, NOT_STARTED, STOPPED, GroupResult, HostResult
@@ -120,7 +119,6 @@ def _open_caller_connection(c, settings: Settings | None, label: str) -> None:
         open_connection(c, label, settings.retries if settings else 0)
 
 
-@paused_gc()
 def sync_host(c, mappings: Iterable[Mapping | dict], *, settings: Settings | None = None,
               options: SyncOptions | None = None, base_dir: str | os.PathLike | None = None,
               sudo_password: str | None = None, warn: bool = False, cancel: threading.Event | None = None,
@@ -465,7 +463,6 @@ def _sync_entry(host: HostEntry, mappings: list[Mapping], settings: Settings, op
     return result
 
 
-@paused_gc()
 def sync_inventory(config_path: str | os.PathLike | None = None, *, inventory: Inventory | None = None,
                    only: str | Iterable[str] | None = None, hosts: list[HostEntry] | None = None,
                    shard: str | tuple[int, int] | None = None, warn: bool = False,

@@ -137,24 +137,3 @@ def test_sync_host_refuses_nested_and_duplicate_dests(project, server, remote, t
             sync_host(c, mappings, base_dir=project.root)
         assert says in str(caught.value) and "mapping 2: dest" in str(caught.value)
     assert not (remote / "www").exists()
-
-
-@pytest.mark.parametrize("collector_on", [True, False])
-def test_a_run_pauses_the_garbage_collector_and_gives_it_back(project, server, remote, collector_on):
-    """Runs go without the cyclic collector (its scans of the run's records
-    cost 10-20% of a big no-op); the caller's setting is back afterwards."""
-    import gc
-
-    project.file("site/a", "a")
-    project.add_host(server, MAIN_HOSTS[0], [{"src": "site", "dest": f"{remote}/gc"}])
-    project.write()
-    during = []
-    was = gc.isenabled()
-    (gc.enable if collector_on else gc.disable)()
-    try:
-        group = sync_inventory(project.config_path, on_result=lambda result: during.append(gc.isenabled()))
-        after = gc.isenabled()
-    finally:
-        (gc.enable if was else gc.disable)()
-    assert not group.failed and during == [False]
-    assert after is collector_on
