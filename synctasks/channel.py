@@ -35,8 +35,10 @@ class GcmWriter:
     paramiko copies each 32 KiB packet's data about seven times on its way
     out (a Message buffer, the packet, its padding, the slice to encrypt,
     the length put back in front); memmove was a fifth of the client's CPU
-    sending 512 MiB. Here the data is copied once into the packet, once by
-    the cipher and once joined to its length (bench/PROFILE.md).
+    sending 512 MiB. Here the data is copied once into the packet and once
+    by the cipher, straight into the buffer of the socket write (with
+    cryptography's ``encrypt_into``), and up to BATCH bytes of packets go in
+    one write (bench/PROFILE.md, fourth round).
 
     Everything else is paramiko's: the channel's send window, the wait while
     keys are renegotiated (the transport's clear_to_send), the packetizer's

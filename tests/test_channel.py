@@ -86,3 +86,34 @@ def test_other_ciphers_use_paramikos_channel_send(server):
         assert digest == hashlib.sha256(data).hexdigest()
     finally:
         client.close()
+
+
+def test_a_cipher_change_before_the_write_falls_back_to_paramikos_packets(server):
+    """If the keys changed to another cipher between taking the window and
+    writing, the packets already counted against the window go out as
+    paramiko's own messages (forced here: the writer sees GCM, then not)."""
+
+    class Flipping(GcmWriter):
+        checks = 0
+
+        def _covered(self) -> bool:
+            Flipping.checks += 1
+            return Flipping.checks % 2 == 1  # send(): yes; _write(): no
+
+    data = os.urandom(2 << 20) + b"odd"
+    client = connect(server, server.addresses[0], GCM[:1])
+    try:
+        chan = client.get_transport().open_session()
+        chan.exec_command("sha256sum")
+        stream = Stream(chan, "test")
+        stream.writer = Flipping(chan, client.get_transport())
+        assert stream.send(data)
+        chan.shutdown_write()
+        out = b""
+        while piece := chan.recv(1 << 16):
+            out += piece
+        assert chan.recv_exit_status() == 0
+        assert Flipping.checks >= 16  # 2 MiB in batches of at most 256 KiB, twice each
+        assert out.split()[0].decode() == hashlib.sha256(data).hexdigest()
+    finally:
+        client.close()
