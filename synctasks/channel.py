@@ -9,6 +9,7 @@ import struct
 import time
 
 import paramiko
+from paramiko.common import MSG_CHANNEL_DATA, cMSG_CHANNEL_DATA
 
 from .errors import RemoteError
 from .options import STALL_TIMEOUT
@@ -16,8 +17,6 @@ from .options import STALL_TIMEOUT
 #: Bytes kept at most while looking for one answer: a hostile or broken host
 #: must not grow the client's buffers without bound.
 MAX_ANSWER = 64 << 20
-#: SSH_MSG_CHANNEL_DATA (RFC 4254).
-MSG_CHANNEL_DATA = 94
 #: Bytes of channel data sent at most in one socket write (several packets).
 BATCH = 256 << 10
 #: Bytes of the authentication tag after an AES-GCM packet (RFC 5647).
@@ -122,7 +121,7 @@ class GcmWriter:
             if not self._covered():  # keys renegotiated to another cipher meanwhile
                 for at in range(0, len(data), packet):
                     message = paramiko.Message()
-                    message.add_byte(paramiko.common.cMSG_CHANNEL_DATA)
+                    message.add_byte(cMSG_CHANNEL_DATA)
                     message.add_int(chanid)
                     message.add_string(bytes(data[at:at + packet]))
                     pk.send_message(message)

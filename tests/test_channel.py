@@ -26,13 +26,18 @@ def connect(server, address: str, ciphers: tuple[str, ...]) -> paramiko.SSHClien
     return client
 
 
-def remote_sha256(client: paramiko.SSHClient, data: bytes, rekey_every: int | None = None) -> tuple[str, Stream]:
+def remote_sha256(client: paramiko.SSHClient, data: bytes, rekey_every: int | None = None,
+                  writer: type[GcmWriter] | None = None) -> tuple[str, Stream]:
+    """The host's sha256sum of ``data``, sent through a Stream (its writer
+    replaced by ``writer``'s, if given)."""
     transport = client.get_transport()
     if rekey_every:
         transport.packetizer.REKEY_BYTES = rekey_every  # this connection only
     chan = transport.open_session()
     chan.exec_command("sha256sum")
     stream = Stream(chan, "test")
+    if writer is not None:
+        stream.writer = writer(chan, transport)
     view = memoryview(data)
     for at in range(0, len(data), 1 << 20):  # as the SCP stream sends big files
         assert stream.send(view[at:at + (1 << 20)])
@@ -103,17 +108,8 @@ def test_a_cipher_change_before_the_write_falls_back_to_paramikos_packets(server
     data = os.urandom(2 << 20) + b"odd"
     client = connect(server, server.addresses[0], GCM[:1])
     try:
-        chan = client.get_transport().open_session()
-        chan.exec_command("sha256sum")
-        stream = Stream(chan, "test")
-        stream.writer = Flipping(chan, client.get_transport())
-        assert stream.send(data)
-        chan.shutdown_write()
-        out = b""
-        while piece := chan.recv(1 << 16):
-            out += piece
-        assert chan.recv_exit_status() == 0
+        digest, _ = remote_sha256(client, data, writer=Flipping)
         assert Flipping.checks >= 16  # 2 MiB in batches of at most 256 KiB, twice each
-        assert out.split()[0].decode() == hashlib.sha256(data).hexdigest()
+        assert digest == hashlib.sha256(data).hexdigest()
     finally:
         client.close()
