@@ -173,3 +173,17 @@ def test_perl_sink_widens_the_pipe_it_reads(tmp_path):
         os.close(write_end)
     assert (dest / "a").read_bytes() == b"hello" and (dest / "a").stat().st_mode & 0o777 == 0o640
     assert (dest / "a").stat().st_mtime_ns // 1000 == 1600000000 * 10**6
+
+
+@pytest.mark.parametrize("name, expected", [("web-01.example", "web_01.example"), ("host 1+\u00fc", "host_1___")])
+def test_staging_names_carry_the_host_name_made_safe(shell, name, expected):
+    """The staging folder's name holds the host's name (read without a
+    program where /proc has it): every byte but [A-Za-z0-9.] becomes "_"
+    (a "-" would break the name's PID field apart)."""
+    argv, path = shell
+    unshare = ["unshare", "--uts"] if os.geteuid() == 0 else ["unshare", "--map-root-user", "--uts"]
+    done = subprocess.run(unshare + ["sh", "-c", 'printf %s "$0" >/proc/sys/kernel/hostname && exec "$@"', name, *argv, "-c", SCRIPT, "sh",
+                                     "list"], input=b"tok123\n\n", capture_output=True, env={"PATH": path},
+                          timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split(b"\0")[1].decode() == f"T{expected}-{done.stdout.split(b'-')[-2].decode()}-tok123"

@@ -19,7 +19,13 @@ IFS= read -r r || exit 3
 # PID (a staging folder of a live run is never taken for a leftover); ops:
 # the token of the run whose work this channel finishes.
 case $r in *[!A-Za-z0-9._-]*|'') exit 3 ;; esac
-node=$(uname -n 2>/dev/null | tr -c 'A-Za-z0-9.\n' '_')
+# This host's name, as uname -n gives it, every byte but [A-Za-z0-9.] made
+# "_"; without a program where we can (each costs a fork and an exec).
+node=
+[ -r /proc/sys/kernel/hostname ] && IFS= read -r node </proc/sys/kernel/hostname
+[ -n "$node" ] || node=$(uname -n 2>/dev/null)
+while case $node in *-*) ;; *) false ;; esac; do node=${node%%-*}_${node#*-}; done
+case $node in *[!A-Za-z0-9.]*) node=$(printf %s "$node" | tr -c 'A-Za-z0-9.' '_') ;; esac
 node=${node:-host}
 if [ "$mode" = ops ]; then t=$r; else t=$node-$$-$r; fi
 H='[0-9a-f][0-9a-f][0-9a-f][0-9a-f]'
@@ -108,7 +114,7 @@ if [ "$mode" != ops ]; then
     else printf 'Xthe host has no sha256sum (nor shasum): --checksum cannot run there; drop --checksum\0'; exit 4
     fi
   fi
-  printf 'L%s\0U%s\0' "$lm" "$(id -un 2>/dev/null || id -u)"
+  printf 'L%s\0' "$lm"
   # A host with perl renames a whole commit in one process (else: one mv per folder).
   if command -v perl >/dev/null 2>&1; then printf 'Pperl\0'; fi
   while IFS= read -r m && [ -n "$m" ]; do
@@ -125,7 +131,10 @@ if [ "$mode" != ops ]; then
     w=$d
     if [ "$k" = f ] || [ ! -d "$d" ]; then w=${d%/*}; fi
     while [ -n "$w" ] && [ ! -d "$w" ]; do w=${w%/*}; done
-    if [ -w "${w:-/}" ]; then printf 'W1\0'; else printf 'W0%s\0' "${w:-/}"; fi
+    if [ -w "${w:-/}" ]; then printf 'W1\0'; else
+      # who we are: only its error message needs it
+      printf 'W0%s\0U%s\0' "${w:-/}" "$(id -un 2>/dev/null || id -u)"
+    fi
     if [ -e "$d" ] || [ -h "$d" ]; then
       # A file dest that is a link is listed through it: say so.
       if [ "$k" = f ] && [ -h "$d" ]; then printf 'Y%s\0' "$(readlink "$d")"; fi
