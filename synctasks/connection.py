@@ -48,7 +48,7 @@ from paramiko.hostkeys import HostKeyEntry, HostKeys
 
 from . import constants as K
 from .errors import AuthError, ConnectError, HostKeyError, InputError
-from .inputs import HostEntry, Settings
+from .inputs import HostEntry, Inventory, Settings
 from .logger import add_secret, get_logger
 
 _known_hosts_lock = threading.Lock()
@@ -525,6 +525,66 @@ def open_connection(c, label: str, retries: int = 0, backoff: float = 0.5):
             message = str(exc).removeprefix(f"{exc.host}: ") if exc.host else str(exc)
             log.warning("%s; retry %d of %d in %.1fs", message, attempt, retries, delay)
             time.sleep(delay)
+
+
+class EarlyConnections:
+    """Connections opened before their host's turn, each in a thread of its
+    own: a handshake is mostly waiting for the server (sshd forks, loads its
+    keys, checks ours), so it overlaps what the process does meanwhile
+    (importing the rest of synctasks, walking the local trees). A host's run
+    takes its connection, or the error of opening it, with :meth:`take`;
+    :meth:`close` closes what no run took."""
+
+    def __init__(self, hosts: list[HostEntry], settings: Settings, lightweight: bool = False):
+        self._lock = threading.Lock()
+        self._closed = False
+        self._runs: dict[str, tuple[threading.Thread, dict]] = {}
+        for host in hosts:
+            slot: dict = {}
+            thread = threading.Thread(target=self._open, args=(host, settings, lightweight, slot),
+                                      name=f"connect-{host.name}", daemon=True)
+            self._runs[host.name] = (thread, slot)
+            thread.start()
+
+    def _open(self, host: HostEntry, settings: Settings, lightweight: bool, slot: dict) -> None:
+        try:
+            slot["c"] = build_connection(host, settings, lightweight)
+            open_connection(slot["c"], host.name)
+        except BaseException as exc:
+            slot["error"] = exc
+        with self._lock:
+            slot["done"] = True
+            if self._closed and slot.get("c") is not None:  # nobody will take it
+                _close_quietly(slot["c"])
+
+    def take(self, name: str) -> tuple | None:
+        """(connection or None, exception or None) of ``name``, once its
+        opening ended; None if it has no early connection (or it was taken)."""
+        with self._lock:
+            run = self._runs.pop(name, None)
+        if run is None:
+            return None
+        thread, slot = run
+        thread.join()
+        return slot.get("c"), slot.get("error")
+
+    def close(self) -> None:
+        """Close the connections no run took (without waiting for one still
+        opening: its thread closes it when it is done)."""
+        with self._lock:
+            self._closed = True
+            runs, self._runs = list(self._runs.values()), {}
+            for _, slot in runs:
+                if slot.get("done") and slot.get("c") is not None:
+                    _close_quietly(slot["c"])
+
+
+def connect_early(inventory: Inventory, hosts: list[HostEntry], lightweight: bool = False) -> EarlyConnections:
+    """Start opening the connections :func:`synctasks.runner.sync_inventory` will use first
+    (the first ``connections`` of ``hosts`` that have mappings); pass the
+    result to it as ``early``."""
+    mapped = [h for h in hosts if h.name in inventory.mappings]
+    return EarlyConnections(mapped[:max(1, inventory.settings.connections)], inventory.settings, lightweight)
 
 
 #: paramiko's words when it has no password and no key to offer.

@@ -16,13 +16,14 @@ defaults < config.ini < environment (SYNCTASKS_<SECTION>_<KEY>) < command line.
 from __future__ import annotations
 
 import configparser
-import difflib
+import hashlib
 import json
 import os
 import posixpath
 import re
 import stat
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping as TypingMapping
 
@@ -72,6 +73,13 @@ class Problems:
             raise input_error(self.lines)
 
 
+def _close_matches(word: str, choices) -> list[str]:
+    """The choice closest to ``word`` (a typo's fix), if one is close."""
+    import difflib  # only on bad input: not imported by every run
+
+    return difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+
+
 #: Names people give these keys, by the key they meant (difflib finds typos).
 KEY_ALIASES = {
     "password": "passkey", "passwd": "passkey", "pass": "passkey", "pwd": "passkey", "secret": "passkey",
@@ -92,7 +100,7 @@ def closest(word: str, known: Iterable[str]) -> str | None:
     if lowered in known:  # a case or dash slip
         return lowered
     aliases = [a for a, meant in KEY_ALIASES.items() if meant in known]
-    matches = difflib.get_close_matches(lowered, known + aliases, n=1, cutoff=0.6)
+    matches = _close_matches(lowered, known + aliases)
     if not matches:
         return None
     return KEY_ALIASES.get(matches[0], matches[0])
@@ -200,7 +208,7 @@ class Inventory:
             if entry.name == name:
                 return entry
         names = [h.name for h in self.hosts]
-        guess = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        guess = _close_matches(name, names)
         hint = f"did you mean {guess[0]}? " if guess else ""
         raise InputError(f"{name}: no such host in {self.settings.connection_info.name}: {hint}"
                          f"pick from {', '.join(names)}")
@@ -217,9 +225,52 @@ class Inventory:
         names or shell patterns), each Connection as :meth:`connection` gives."""
         from fabric import ThreadingGroup
 
-        from .runner import select_hosts
-
         return ThreadingGroup.from_connections([self.connection(h.name) for h in select_hosts(self.hosts, only)])
+
+
+# --------------------------------------------------------------------------
+# Choosing hosts: --only, --shard
+# --------------------------------------------------------------------------
+def select_hosts(hosts: list[HostEntry], only: str | Iterable[str] | None, flag: str = "--only"
+                 ) -> list[HostEntry]:
+    """Hosts named by ``only`` (names, IPs or shell-style patterns); ``flag``
+    names what the user typed, for the message."""
+    if not only:
+        return hosts
+    patterns = [p.strip() for p in (only.split(",") if isinstance(only, str) else only) if p.strip()]
+    chosen = [h for h in hosts if any(fnmatch(h.name, p) for p in patterns)]
+    unknown = [p for p in patterns if not any(fnmatch(h.name, p) for h in hosts)]
+    if unknown:
+        raise InputError(f"{flag} {', '.join(unknown)}: no such host in connection_info.json: "
+                         f"pick from {', '.join(h.name for h in hosts)}")
+    return chosen
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """"K/N" -> (K, N), 1 <= K <= N."""
+    k, sep, n = str(text).partition("/")
+    try:
+        shard, count = int(k), int(n)
+    except ValueError:
+        shard = count = 0
+    if not sep or count < 1 or not 1 <= shard <= count:
+        raise InputError(f"--shard {text}: expected K/N with 1 <= K <= N, e.g. --shard 2/4")
+    return shard, count
+
+
+def in_shard(name: str, shard: int, count: int) -> bool:
+    """Whether host ``name`` belongs to shard ``shard`` of ``count``: by a
+    hash of the name alone, so a host's shard never moves when others are
+    added or removed."""
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") % count == shard - 1
+
+
+def shard_hosts(hosts: list[HostEntry], shard: str | tuple[int, int] | None) -> list[HostEntry]:
+    if not shard:
+        return hosts
+    k, n = parse_shard(shard) if isinstance(shard, str) else shard
+    return [h for h in hosts if in_shard(h.name, k, n)]
 
 
 # --------------------------------------------------------------------------
@@ -254,7 +305,7 @@ def _int(value: str, where: str, minimum: int) -> int:
 def _choice(value: str, where: str, choices: tuple[str, ...], upper: bool = False) -> str:
     value = value.strip().upper() if upper else value.strip().lower()
     if value not in choices:
-        guess = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
+        guess = _close_matches(value, choices)
         hint = f"did you mean {guess[0]}? " if guess else ""
         raise InputError(f"{where}: unknown value '{value}': {hint}use one of {', '.join(choices)}")
     return value
@@ -780,7 +831,7 @@ def load_inventory(
             warnings.append(f"{label}: no host '{name}' in {info}: file ignored "
                             "([sync] allow_orphan_mapper_files = true)")
             continue
-        guess = difflib.get_close_matches(name, [n for n in names if n not in mapper_files], n=1, cutoff=0.6)
+        guess = _close_matches(name, [n for n in names if n not in mapper_files])
         hint = f"did you mean {guess[0]}.json? " if guess else ""
         problems.add(f"{label}: no host '{name}' in {info}: {hint}rename the file or add the host "
                      "(or set [sync] allow_orphan_mapper_files = true to ignore such files)")

@@ -25,20 +25,20 @@ Neither depends on the task layer (fabfile.py, the console script).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
-from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from . import constants as K
-from .connection import build_connection, open_connection, verify_host_key
+from .connection import (EarlyConnections, build_connection, connect_early, open_connection,
+                         verify_host_key)
 from .errors import GroupSyncFailed, InputError, Interrupted, SyncFailed, SyncTasksError
-from .inputs import HostEntry, Inventory, Mapping, Settings, check_mapping_dests, load_inventory, resolve_mapping
+from .inputs import (HostEntry, Inventory, Mapping, Settings, check_mapping_dests, in_shard, load_inventory,
+                     parse_shard, resolve_mapping, select_hosts, shard_hosts)
 from .logger import add_secret, get_logger, redact
 from .options import SyncOptions
 from .local import LocalTrees
@@ -355,52 +355,12 @@ def run_hosts(jobs: list[tuple[Any, str, Callable[[], HostResult]]], workers: in
     return {key: results[key] for key, _, _ in jobs}
 
 
-def select_hosts(hosts: list[HostEntry], only: str | Iterable[str] | None, flag: str = "--only"
-                 ) -> list[HostEntry]:
-    """Hosts named by ``only`` (names, IPs or shell-style patterns); ``flag``
-    names what the user typed, for the message."""
-    if not only:
-        return hosts
-    patterns = [p.strip() for p in (only.split(",") if isinstance(only, str) else only) if p.strip()]
-    chosen = [h for h in hosts if any(fnmatch(h.name, p) for p in patterns)]
-    unknown = [p for p in patterns if not any(fnmatch(h.name, p) for h in hosts)]
-    if unknown:
-        raise InputError(f"{flag} {', '.join(unknown)}: no such host in connection_info.json: "
-                         f"pick from {', '.join(h.name for h in hosts)}")
-    return chosen
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """"K/N" -> (K, N), 1 <= K <= N."""
-    k, sep, n = str(text).partition("/")
-    try:
-        shard, count = int(k), int(n)
-    except ValueError:
-        shard = count = 0
-    if not sep or count < 1 or not 1 <= shard <= count:
-        raise InputError(f"--shard {text}: expected K/N with 1 <= K <= N, e.g. --shard 2/4")
-    return shard, count
-
-
-def in_shard(name: str, shard: int, count: int) -> bool:
-    """Whether host ``name`` belongs to shard ``shard`` of ``count``: by a
-    hash of the name alone, so a host's shard never moves when others are
-    added or removed."""
-    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).digest()
-    return int.from_bytes(digest[:8], "big") % count == shard - 1
-
-
-def shard_hosts(hosts: list[HostEntry], shard: str | tuple[int, int] | None) -> list[HostEntry]:
-    if not shard:
-        return hosts
-    k, n = parse_shard(shard) if isinstance(shard, str) else shard
-    return [h for h in hosts if in_shard(h.name, k, n)]
-
-
 def _sync_entry(host: HostEntry, mappings: list[Mapping], settings: Settings, options: SyncOptions,
-                trees: LocalTrees, lightweight: bool = False, live: _Live | None = None) -> HostResult:
+                trees: LocalTrees, lightweight: bool = False, live: _Live | None = None,
+                early: EarlyConnections | None = None) -> HostResult:
     """Sync one host; transient network failures before anything was
-    committed are retried (``[sync] retries``, with backoff)."""
+    committed are retried (``[sync] retries``, with backoff). The first
+    attempt takes the host's connection from ``early`` if it has one."""
     log = get_logger(host.name)
     started = time.monotonic()
     attempt = 0
@@ -410,10 +370,18 @@ def _sync_entry(host: HostEntry, mappings: list[Mapping], settings: Settings, op
             result = HostResult(host=host.name, state=STOPPED if attempt else NOT_STARTED, dry_run=options.dry_run)
             break
         try:
-            c = build_connection(host, settings, lightweight)
-            if live is not None:
-                live.add(host.name, c)
-            open_connection(c, host.name)
+            opened = early.take(host.name) if early is not None else None
+            if opened is not None:
+                c, error = opened
+                if live is not None and c is not None:
+                    live.add(host.name, c)
+                if error is not None:
+                    raise error
+            else:
+                c = build_connection(host, settings, lightweight)
+                if live is not None:
+                    live.add(host.name, c)
+                open_connection(c, host.name)
             result = sync_connection(c, mappings, options, host.name, trees, host.sudo_password or host.password)
             if options.cancelled and not result.ok:
                 # What failed after the stop failed because of it (a closed connection).
@@ -468,7 +436,7 @@ def sync_inventory(config_path: str | os.PathLike | None = None, *, inventory: I
                    shard: str | tuple[int, int] | None = None, warn: bool = False,
                    raise_on_failure: bool | None = None, on_result=None, lightweight: bool = False,
                    cancel: threading.Event | None = None, hurry: threading.Event | None = None,
-                   **flags: Any) -> GroupResult:
+                   early: EarlyConnections | None = None, **flags: Any) -> GroupResult:
     """Sync every host of the inventory (at most ``connections`` at once).
 
     One host failing never stops the others. Returns a GroupResult keyed by
@@ -482,7 +450,8 @@ def sync_inventory(config_path: str | os.PathLike | None = None, *, inventory: I
     the result as "no mapping". ``on_result(HostResult)`` is called as each
     host finishes. ``cancel`` stops the run (see the module docstring);
     ``hurry`` stops waiting for running hosts. ``lightweight`` connects with
-    paramiko alone (the console script's way).
+    paramiko alone (the console script's way). ``early``: connections
+    already being opened (see :func:`connect_early`); closed at the end.
     """
     if raise_on_failure is not None:
         warn = not raise_on_failure
@@ -503,10 +472,14 @@ def sync_inventory(config_path: str | os.PathLike | None = None, *, inventory: I
 
     def job(host: HostEntry) -> Callable[[], HostResult]:
         return lambda: _sync_entry(host, inventory.mappings[host.name], settings, options, trees, lightweight,
-                                   live)
+                                   live, early)
 
-    done = run_hosts([(h.name, h.name, job(h)) for h in mapped], settings.connections, options.cancel, hurry,
-                     on_result, live, options.dry_run)
+    try:
+        done = run_hosts([(h.name, h.name, job(h)) for h in mapped], settings.connections, options.cancel, hurry,
+                         on_result, live, options.dry_run)
+    finally:
+        if early is not None:
+            early.close()
     group = GroupResult()
     for host in selected:
         group[host.name] = done.get(host.name) or HostResult(host=host.name, state=NO_MAPPING,
@@ -542,5 +515,6 @@ def check_hosts(inventory: Inventory, only=None, lightweight: bool = False, host
         return dict(zip((h.name for h in hosts), pool.map(probe, hosts)))
 
 
-__all__ = ["sync_host", "sync_inventory", "check_hosts", "select_hosts", "shard_hosts", "parse_shard", "in_shard",
+__all__ = ["sync_host", "sync_inventory", "connect_early",
+           "check_hosts", "select_hosts", "shard_hosts", "parse_shard", "in_shard",
            "options_from", "run_hosts", "K"]

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from conftest import MAIN_HOSTS, give, tree_state
 
+from synctasks.connection import EarlyConnections
 from synctasks.constants import STAGING_PREFIX
+from synctasks.inputs import load_inventory
 from testing.testproxy import TcpProxy
 from testing.testserver import TestServer, loopback_addresses
 
@@ -77,6 +79,29 @@ def test_auth_failure_is_not_retried(project, server, remote, capsys):
     status, out, err = project.run(capsys=capsys)
     assert status == 1 and "login refused" in out and "retry" not in err
     assert time.monotonic() - started < 5
+
+
+def test_early_connections_are_taken_once_and_the_rest_closed(project, server, remote):
+    """Connections opened ahead of the run (their handshakes overlap the
+    imports): a host's run takes its own once; close() closes what no run
+    took, a connection still opening included (its thread closes it)."""
+    project.file("site/a", "a")
+    for address in MAIN_HOSTS[:3]:
+        project.add_host(server, address, [{"src": "site", "dest": f"{remote}/x"}])
+    project.write()
+    inventory = load_inventory(project.config_path)
+    early = EarlyConnections(inventory.hosts, inventory.settings, lightweight=True)
+    slots = {name: early._runs[name] for name in MAIN_HOSTS[1:3]}
+    c, error = early.take(MAIN_HOSTS[0])
+    assert error is None and c.is_connected
+    assert early.take(MAIN_HOSTS[0]) is None
+    slots[MAIN_HOSTS[1]][0].join()  # done before close(): close() closes it
+    early.close()
+    for thread, slot in slots.values():
+        thread.join(10)
+        assert slot["done"] and slot["c"] is not None and not slot["c"].is_connected
+    assert early.take(MAIN_HOSTS[2]) is None
+    c.close()
 
 
 def test_refused_connection_is_retried_with_backoff(project, server, remote, capsys):
