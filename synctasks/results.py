@@ -8,6 +8,7 @@ host name for the inventory, by Connection for a Fabric Group).
 from __future__ import annotations
 
 import signal
+from operator import attrgetter
 from dataclasses import dataclass, field
 
 from .constants import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, REPORT_VERSION
@@ -47,6 +48,9 @@ class FileResult:
                 "flags": self.flags}
 
 
+_ACTION = attrgetter("action")
+
+
 class _Tally:
     """Counts of file actions, for anything with ``_all()`` records."""
 
@@ -54,7 +58,12 @@ class _Tally:
         raise NotImplementedError
 
     def _count(self, action: str) -> int:
-        return sum(1 for f in self._all() if f.action == action)
+        return sum(list(map(_ACTION, files)).count(action) for files in self._lists())
+
+    def _lists(self) -> list[list[FileResult]]:
+        """The record lists ``_all()`` joins (counted without joining them:
+        a summary counts 100,000 records a dozen times)."""
+        return [self._all()]
 
     @property
     def sent(self) -> int:
@@ -138,6 +147,9 @@ class HostResult(_Tally):
 
     def _all(self) -> list[FileResult]:
         return [f for m in self.mappings for f in m.files]
+
+    def _lists(self) -> list[list[FileResult]]:
+        return [m.files for m in self.mappings]
 
     def _unlisted(self) -> int:
         return sum(m.unchanged for m in self.mappings)
