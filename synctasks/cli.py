@@ -22,18 +22,17 @@ from . import constants as K
 from .connection import connect_early
 from .errors import InputError
 from .inputs import HostEntry, Inventory, load_inventory, load_settings, select_hosts, shard_hosts
+from .logger import clean as escape  # (= progress.escape)
 from .logger import close_logging, get_logger, redact_data, setup_logging
-from .progress import escape, for_console
-from .report import (final_line, host_line, item_lines, merge_reports, summary_lines, table_width,
-                     write_report)
-from .results import HostResult
 
 if TYPE_CHECKING:
     import argparse
 
-# The planner and the runner (and what they import: the transfer engine) are
-# imported once the run's connections are being opened: the handshakes,
-# mostly waiting for the servers, overlap the imports (about 30 ms).
+    from .results import HostResult
+
+# The planner, the runner (and what they import: the transfer engine) and
+# the report are imported once the run's connections are being opened: the
+# handshakes, mostly waiting for the servers, overlap the imports (30-40 ms).
 
 
 class _ConsoleHandler(logging.Handler):
@@ -65,6 +64,8 @@ def printable(text: str) -> str:
 
 def _print_items(result: HostResult, verbose: int, out) -> None:
     """Itemized lines of ``result`` to ``out`` (changes; skips too at 2)."""
+    from .report import item_lines
+
     for line in item_lines(result, max(int(verbose or 0), 1)):
         print(line, file=out)
 
@@ -194,6 +195,8 @@ def run_sync(config: str | None = None, *, only=None, hosts: list[str] | None = 
             close_logging()
             return K.EXIT_BAD_INPUT
         early = connect_early(inventory, selected, lightweight)
+        from .progress import for_console
+        from .report import final_line, host_line, item_lines, summary_lines, table_width, write_report
         from .runner import sync_inventory
         if quiet:
             for handler in logging.getLogger("synctasks").handlers[2:]:
@@ -295,6 +298,8 @@ def run_check(config: str | None = None, only=None, out=None, lightweight: bool 
 def run_report_merge(paths: list[str], json_path: str | None = None, quiet: bool = False, out=None) -> int:
     """``synctasks report merge a.json b.json ...``: one summary for a run
     split into shards, and the worst of their statuses."""
+    from .report import final_line, merge_reports, summary_lines, table_width, write_report
+
     out = out or sys.stdout
     try:
         merged, status = merge_reports(paths)
