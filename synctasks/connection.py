@@ -580,9 +580,10 @@ class EarlyConnections:
 
 
 def connect_early(inventory: Inventory, hosts: list[HostEntry], lightweight: bool = False) -> EarlyConnections:
-    """Start opening the connections :func:`synctasks.runner.sync_inventory` will use first
-    (the first ``connections`` of ``hosts`` that have mappings); pass the
-    result to it as ``early``."""
+    """Start opening the connections that
+    :func:`synctasks.runner.sync_inventory` uses first (the first
+    ``connections`` of ``hosts`` that have mappings); pass the result to it
+    as ``early``."""
     mapped = [h for h in hosts if h.name in inventory.mappings]
     return EarlyConnections(mapped[:max(1, inventory.settings.connections)], inventory.settings, lightweight)
 
