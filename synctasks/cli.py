@@ -22,8 +22,7 @@ from . import constants as K
 from .connection import connect_early
 from .errors import InputError
 from .inputs import HostEntry, Inventory, load_inventory, load_settings, select_hosts, shard_hosts
-from .logger import clean as escape  # (= progress.escape)
-from .logger import close_logging, get_logger, redact_data, setup_logging
+from .logger import clean as escape, close_logging, get_logger, redact_data, setup_logging  # escape: progress's
 
 if TYPE_CHECKING:
     import argparse

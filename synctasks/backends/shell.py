@@ -638,13 +638,11 @@ class ShellRun:
         direct: dict[str, list[str]] = {}
         stage_roots: dict[str, str] = {}
         for item in chain(moving, new_dirs):
-            if isinstance(item, Send):  # (without a path made per file: 100,000 of them cost 0.5 s)
+            if isinstance(item, Send):  # (by its stage: a staged path per file cost 0.5 s per 100,000)
                 root = stage_roots.get(item.base) or stage_roots.setdefault(item.base, self.stage_root(item.base))
                 if item.stage == root:
                     direct.setdefault(item.base, []).append(item.name)
-                    continue
-                if item.stage.startswith(root + "/"):
-                    continue  # inside a new folder
+                continue
             rel = self.staged(item)
             if "/" not in rel:
                 direct.setdefault(item.base, []).append(rel)
