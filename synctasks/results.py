@@ -8,8 +8,8 @@ host name for the inventory, by Connection for a Fabric Group).
 from __future__ import annotations
 
 import signal
-from operator import attrgetter
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from .constants import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, REPORT_VERSION
 

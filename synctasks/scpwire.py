@@ -153,16 +153,13 @@ def _read_exactly(fd: int, size: int) -> bytes | None:
 
 
 def _file_header(send: Send) -> bytes:
-    # Made for every file sent (100,000 a run): Send's properties written out.
-    entry, place = send.local, send.place
+    entry = send.local
     # SCP's T record takes no negative times (files dated before 1970).
-    mtime = entry.mtime_ns if entry.mtime_ns > 0 else 0
-    atime = entry.atime_ns if entry.atime_ns > 0 else 0
-    mode = entry.mode if place.mode is None else place.mode
-    name = (entry.rel or place.prefix).rpartition("/")[2]
-    return b"T%d %d %d %d\nC%04o %d %b\n" % (mtime // 1_000_000_000, mtime // 1000 % 1_000_000,
-                                               atime // 1_000_000_000, atime // 1000 % 1_000_000,
-                                               mode & 0o7777, entry.size, name.encode("utf-8", "surrogateescape"))
+    seconds, nanos = divmod(max(0, entry.mtime_ns), 1_000_000_000)
+    a_seconds, a_nanos = divmod(max(0, entry.atime_ns), 1_000_000_000)
+    return b"T%d %d %d %d\nC%04o %d %b\n" % (seconds, nanos // 1000, a_seconds, a_nanos // 1000,
+                                               send.mode & 0o7777, entry.size,
+                                               send.name.encode("utf-8", "surrogateescape"))
 
 
 def scp_records(scp: ScpStream, new_dirs: list[NewDir], root: str) -> int:

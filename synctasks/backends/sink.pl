@@ -13,10 +13,10 @@ $| = 1;
 umask 0;
 # Widen the pipe sshd feeds us from 64 KiB to 1 MiB (F_SETPIPE_SZ, Linux;
 # the most an unprivileged user may ask; elsewhere, or past the user's pipe
-# quota of 64 MiB, it fails and nothing changes). With 64 KiB, sshd and this sink took
-# turns on every 16 small files: 2,000 x 4 KiB took 0.40 s, sink and client
-# both mostly waiting; 0.12 s with 1 MiB. The pipe keeps its size for the
-# run's later streams.
+# quota of 64 MiB, it fails and nothing changes). With 64 KiB, sshd and
+# this sink took turns on every 16 small files: 2,000 x 4 KiB took 0.40 s,
+# sink and client both mostly waiting; 0.12 s with 1 MiB. The pipe keeps
+# its size for the run's later streams.
 fcntl(STDIN, 1031, 1048576);
 
 sub fill {
