@@ -453,33 +453,33 @@ def sync_inventory(config_path: str | os.PathLike | None = None, *, inventory: I
     paramiko alone (the console script's way). ``early``: connections
     already being opened (see :func:`connect_early`); closed at the end.
     """
-    if raise_on_failure is not None:
-        warn = not raise_on_failure
-    inventory = inventory or load_inventory(config_path)
-    settings = inventory.settings
-    options = options_from(settings, **flags)
-    if cancel is not None:
-        options = replace(options, cancel=cancel)
-    selected = shard_hosts(hosts if hosts is not None else select_hosts(inventory.hosts, only), shard)
-    mapped = [h for h in selected if h.name in inventory.mappings]
-    log = get_logger()
-    log.info("syncing %d host(s), %d at once%s", len(mapped), settings.connections,
-             " (dry run)" if options.dry_run else "")
-    trees = LocalTrees.for_options(options, log.warning, senders=len(mapped))
-    # Walk the local trees while the connections are being made.
-    trees.prefetch([m for h in mapped for m in inventory.mappings[h.name]])
-    live = _Live()
-
-    def job(host: HostEntry) -> Callable[[], HostResult]:
-        return lambda: _sync_entry(host, inventory.mappings[host.name], settings, options, trees, lightweight,
-                                   live, early)
-
     try:
+        if raise_on_failure is not None:
+            warn = not raise_on_failure
+        inventory = inventory or load_inventory(config_path)
+        settings = inventory.settings
+        options = options_from(settings, **flags)
+        if cancel is not None:
+            options = replace(options, cancel=cancel)
+        selected = shard_hosts(hosts if hosts is not None else select_hosts(inventory.hosts, only), shard)
+        mapped = [h for h in selected if h.name in inventory.mappings]
+        log = get_logger()
+        log.info("syncing %d host(s), %d at once%s", len(mapped), settings.connections,
+                 " (dry run)" if options.dry_run else "")
+        trees = LocalTrees.for_options(options, log.warning, senders=len(mapped))
+        # Walk the local trees while the connections are being made.
+        trees.prefetch([m for h in mapped for m in inventory.mappings[h.name]])
+        live = _Live()
+
+        def job(host: HostEntry) -> Callable[[], HostResult]:
+            return lambda: _sync_entry(host, inventory.mappings[host.name], settings, options, trees, lightweight,
+                                       live, early)
+
         done = run_hosts([(h.name, h.name, job(h)) for h in mapped], settings.connections, options.cancel, hurry,
                          on_result, live, options.dry_run)
     finally:
         if early is not None:
-            early.close()
+            early.close()  # also when the inputs above were refused
     group = GroupResult()
     for host in selected:
         group[host.name] = done.get(host.name) or HostResult(host=host.name, state=NO_MAPPING,

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 from conftest import MAIN_HOSTS, give, tree_state
 
+from synctasks import runner
 from synctasks.connection import EarlyConnections
 from synctasks.constants import STAGING_PREFIX
+from synctasks.errors import InputError
 from synctasks.inputs import load_inventory
 from testing.testproxy import TcpProxy
 from testing.testserver import TestServer, loopback_addresses
@@ -102,6 +104,21 @@ def test_early_connections_are_taken_once_and_the_rest_closed(project, server, r
         assert slot["done"] and slot["c"] is not None and not slot["c"].is_connected
     assert early.take(MAIN_HOSTS[2]) is None
     c.close()
+
+
+def test_early_connections_are_closed_when_the_run_refuses_its_inputs(project, server, remote):
+    """sync_inventory owns the early connections it is given: a selection it
+    refuses (an unknown --only) still closes them."""
+    project.file("site/a", "a")
+    project.add_host(server, MAIN_HOSTS[0], [{"src": "site", "dest": f"{remote}/x"}])
+    project.write()
+    inventory = load_inventory(project.config_path)
+    early = EarlyConnections(inventory.hosts, inventory.settings, lightweight=True)
+    thread, slot = early._runs[MAIN_HOSTS[0]]
+    thread.join(10)
+    with pytest.raises(InputError, match="no-such-host"):
+        runner.sync_inventory(inventory=inventory, only="no-such-host", early=early, lightweight=True)
+    assert slot["c"] is not None and not slot["c"].is_connected
 
 
 def test_refused_connection_is_retried_with_backoff(project, server, remote, capsys):
