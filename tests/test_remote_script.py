@@ -175,6 +175,31 @@ def test_perl_sink_widens_the_pipe_it_reads(tmp_path):
     assert (dest / "a").stat().st_mtime_ns // 1000 == 1600000000 * 10**6
 
 
+@pytest.mark.parametrize("perl", [True, False])
+def test_head_is_probed_only_for_the_scp_sink(tmp_path, perl):
+    """GNU head keeps `scp -t` to its stream: the script asks which head the
+    host has only when scp -t is the sink (with perl, ours reads exactly its
+    stream; the probe was two programs per transfer for nothing)."""
+    dest = tmp_path / "d"
+    dest.mkdir()
+    calls = tmp_path / "calls"
+    wrappers = tmp_path / "bin"
+    wrappers.mkdir()
+    (wrappers / "head").write_text(f'#!/bin/sh\necho "head $*" >>{calls}\nexec {shutil.which("head")} "$@"\n')
+    (wrappers / "head").chmod(0o755)
+    stream = b"T1600000000 0 1600000000 0\nC0640 5 a\nhello\0E\n"
+
+    def build(ops):
+        ops.scp((str(dest), ""), len(stream), staged=False, sink=PERL_SINK if perl else b"")
+        ops.parts.append(stream)
+
+    answers = run_ops((["/bin/sh"], f"{wrappers}:{os.environ['PATH']}"), build)
+    assert answers[0][:2] == ("scp", 0), answers
+    assert (dest / "a").read_bytes() == b"hello"
+    probes = calls.read_text().splitlines() if calls.exists() else []
+    assert ("head --version" in probes) is not perl, probes
+
+
 @pytest.mark.parametrize("name, expected", [("web-01.example", "web_01.example"), ("host 1+\u00fc", "host_1___")])
 def test_staging_names_carry_the_host_name_made_safe(shell, name, expected):
     """The staging folder's name holds the host's name (read without a

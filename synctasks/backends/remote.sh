@@ -207,7 +207,7 @@ while IFS= read -r line; do
       [ -d "$P$t" ] || mkdir -- "$P$t"; a=$P$t/$P$t.acks
     fi
     h=$a.head
-    if [ -z "$gnuhead" ]; then
+    if [ "$cl" = 0 ] && [ -z "$gnuhead" ]; then
       # Only GNU head -c stops reading at its count (others read ahead).
       if head --version 2>/dev/null | grep -q coreutils; then gnuhead=1; else gnuhead=0; fi
     fi
