@@ -9,6 +9,7 @@ report say which hosts finished, which were stopped, which never started).
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -106,6 +107,39 @@ class _Signals:
             signal.signal(signum, handler)
 
 
+class _CollectorPaused:
+    """Python's cyclic garbage collector off while a run lasts (as it was
+    before, after), but for one collection each time a host finishes while
+    others still run.
+
+    A sync makes objects by the hundred thousand (entries, records, plans)
+    and few reference cycles, and the collector's passes over them were
+    pure cost: 40-100 ms of a 2,000-folder changes run, 0.1-0.2 s of a
+    100,000-file no-op or first sync on the benchmark's machine. What is
+    in cycles is each closed connection (paramiko's transport and what it
+    holds), freed only by a collection: without one per finished host the
+    peak RSS of 100,000 files to 8 hosts went from 191 to 199-202 MiB.
+    """
+
+    def __init__(self):
+        #: hosts not finished yet (set once they are known)
+        self.running = 0
+
+    def __enter__(self) -> "_CollectorPaused":
+        self._was_on = gc.isenabled()
+        gc.disable()
+        return self
+
+    def host_done(self) -> None:
+        self.running -= 1
+        if self.running > 0:
+            gc.collect()
+
+    def __exit__(self, *exc) -> None:
+        if self._was_on:
+            gc.enable()
+
+
 def _load(config: str | None, overrides: dict | None = None) -> Inventory:
     settings = load_settings(config, overrides)
     console = _ConsoleHandler()
@@ -176,7 +210,7 @@ def run_sync(config: str | None = None, *, only=None, hosts: list[str] | None = 
     out = out or sys.stdout
     verbose = int(verbose or 0)
     started = time.monotonic()
-    with _Signals() as stop:
+    with _Signals() as stop, _CollectorPaused() as collector:
         try:
             inventory = _load(config)
             if hosts:
@@ -202,9 +236,12 @@ def run_sync(config: str | None = None, *, only=None, hosts: list[str] | None = 
                 handler.setLevel(logging.ERROR)
 
         progress = for_console(quiet or dry_run, out)
-        progress.start([h.name for h in selected if h.name in inventory.mappings])
+        mapped = [h.name for h in selected if h.name in inventory.mappings]
+        collector.running = len(mapped)
+        progress.start(mapped)
 
         def on_result(result: HostResult) -> None:
+            collector.host_done()
             progress.finished(result)
             if quiet:
                 return

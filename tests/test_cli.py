@@ -136,6 +136,39 @@ def test_quiet_prints_the_final_status_only(project, server, remote, capsys):
     assert status == 0 and out.startswith("dry run: all 1 host(s) in sync")
 
 
+def test_sync_runs_with_the_collector_off_but_after_each_host_and_restores_it(project, server, remote, capsys,
+                                                                              monkeypatch):
+    import gc
+
+    from synctasks import runner
+
+    seen, collections = [], []
+    real, real_collect = runner.sync_inventory, gc.collect
+
+    def recording(**kwargs):
+        seen.append(gc.isenabled())
+        return real(**kwargs)
+
+    monkeypatch.setattr(runner, "sync_inventory", recording)
+    monkeypatch.setattr(gc, "collect", lambda *a: collections.append(a) or real_collect(*a))
+    synced_site(project, server, remote)
+    assert gc.isenabled()
+    status, _, _ = project.run("--quiet", capsys=capsys)
+    assert status == 0 and seen == [False] and gc.isenabled() and collections == []  # one host: none
+    # Three hosts: a collection as each of the first two finishes (their
+    # closed connections sit in reference cycles), none after the last.
+    for host in MAIN_HOSTS[1:]:
+        project.add_host(server, host, [{"src": "site", "dest": f"{remote}/www-{host}"}])
+    gc.disable()  # a caller that turned it off keeps it off
+    try:
+        status, _, _ = project.run("--quiet", capsys=capsys)
+        assert status == 0 and seen == [False, False] and not gc.isenabled() and len(collections) == 2
+    finally:
+        gc.enable()
+    status, _, _ = project.run("--shard", "3/2", capsys=capsys)  # refused inputs: restored too
+    assert status == 2 and gc.isenabled()
+
+
 def test_version(capsys):
     from synctasks import __version__
 
