@@ -109,21 +109,22 @@ class _Signals:
 
 class _CollectorPaused:
     """Python's cyclic garbage collector off while a run lasts (as it was
-    before, after), but for one collection each time a host finishes while
-    others still run.
+    before, after), but for one collection each time a host finishes and
+    a waiting one starts.
 
     A sync makes objects by the hundred thousand (entries, records, plans)
     and few reference cycles, and the collector's passes over them were
     pure cost: 40-100 ms of a 2,000-folder changes run, 0.1-0.2 s of a
     100,000-file no-op or first sync on the benchmark's machine. What is
     in cycles is each closed connection (paramiko's transport and what it
-    holds), freed only by a collection: without one per finished host the
-    peak RSS of 100,000 files to 8 hosts went from 191 to 199-202 MiB.
+    holds), freed only by a collection: one as each waiting host starts
+    keeps a long queue of hosts from holding all of theirs to the end.
     """
 
     def __init__(self):
-        #: hosts not finished yet (set once they are known)
+        #: hosts not finished yet, and how many run at once (set once known)
         self.running = 0
+        self.at_once = 1
 
     def __enter__(self) -> "_CollectorPaused":
         self._was_on = gc.isenabled()
@@ -132,7 +133,7 @@ class _CollectorPaused:
 
     def host_done(self) -> None:
         self.running -= 1
-        if self.running > 0:
+        if self.running >= self.at_once:  # a waiting host starts now
             gc.collect()
 
     def __exit__(self, *exc) -> None:
@@ -237,7 +238,7 @@ def run_sync(config: str | None = None, *, only=None, hosts: list[str] | None = 
 
         progress = for_console(quiet or dry_run, out)
         mapped = [h.name for h in selected if h.name in inventory.mappings]
-        collector.running = len(mapped)
+        collector.running, collector.at_once = len(mapped), inventory.settings.connections
         progress.start(mapped)
 
         def on_result(result: HostResult) -> None:

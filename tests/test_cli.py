@@ -136,8 +136,8 @@ def test_quiet_prints_the_final_status_only(project, server, remote, capsys):
     assert status == 0 and out.startswith("dry run: all 1 host(s) in sync")
 
 
-def test_sync_runs_with_the_collector_off_but_after_each_host_and_restores_it(project, server, remote, capsys,
-                                                                              monkeypatch):
+def test_sync_runs_with_the_collector_off_but_as_each_waiting_host_starts(project, server, remote, capsys,
+                                                                          monkeypatch):
     import gc
 
     from synctasks import runner
@@ -155,14 +155,18 @@ def test_sync_runs_with_the_collector_off_but_after_each_host_and_restores_it(pr
     assert gc.isenabled()
     status, _, _ = project.run("--quiet", capsys=capsys)
     assert status == 0 and seen == [False] and gc.isenabled() and collections == []  # one host: none
-    # Three hosts: a collection as each of the first two finishes (their
-    # closed connections sit in reference cycles), none after the last.
+    # Three hosts, all at once: none either.
     for host in MAIN_HOSTS[1:]:
         project.add_host(server, host, [{"src": "site", "dest": f"{remote}/www-{host}"}])
+    status, _, _ = project.run("--quiet", capsys=capsys)
+    assert status == 0 and seen == [False, False] and collections == []
+    # One at a time: a collection as each of the first two finishes and the
+    # next one starts (closed connections sit in reference cycles).
+    project.config.setdefault("sync", {})["connections"] = 1
     gc.disable()  # a caller that turned it off keeps it off
     try:
         status, _, _ = project.run("--quiet", capsys=capsys)
-        assert status == 0 and seen == [False, False] and not gc.isenabled() and len(collections) == 2
+        assert status == 0 and seen == [False] * 3 and not gc.isenabled() and len(collections) == 2
     finally:
         gc.enable()
     status, _, _ = project.run("--shard", "3/2", capsys=capsys)  # refused inputs: restored too
