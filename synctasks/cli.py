@@ -109,32 +109,20 @@ class _Signals:
 
 class _CollectorPaused:
     """Python's cyclic garbage collector off while a run lasts (as it was
-    before, after), but for one collection each time a host finishes and
-    a waiting one starts.
+    before, after).
 
     A sync makes objects by the hundred thousand (entries, records, plans)
     and few reference cycles, and the collector's passes over them were
     pure cost: 40-100 ms of a 2,000-folder changes run, 0.1-0.2 s of a
     100,000-file no-op or first sync on the benchmark's machine. What is
     in cycles is each closed connection (paramiko's transport and what it
-    holds), freed only by a collection: one as each waiting host starts
-    keeps a long queue of hosts from holding all of theirs to the end.
+    holds): the runner collects as each waiting host starts (run_hosts),
+    so a long queue of hosts does not hold all of theirs to the end.
     """
 
-    def __init__(self):
-        #: hosts not finished yet, and how many run at once (set once known)
-        self.running = 0
-        self.at_once = 1
-
-    def __enter__(self) -> "_CollectorPaused":
+    def __enter__(self) -> None:
         self._was_on = gc.isenabled()
         gc.disable()
-        return self
-
-    def host_done(self) -> None:
-        self.running -= 1
-        if self.running >= self.at_once:  # a waiting host starts now
-            gc.collect()
 
     def __exit__(self, *exc) -> None:
         if self._was_on:
@@ -211,7 +199,7 @@ def run_sync(config: str | None = None, *, only=None, hosts: list[str] | None = 
     out = out or sys.stdout
     verbose = int(verbose or 0)
     started = time.monotonic()
-    with _Signals() as stop, _CollectorPaused() as collector:
+    with _Signals() as stop, _CollectorPaused():
         try:
             inventory = _load(config)
             if hosts:
@@ -237,12 +225,9 @@ def run_sync(config: str | None = None, *, only=None, hosts: list[str] | None = 
                 handler.setLevel(logging.ERROR)
 
         progress = for_console(quiet or dry_run, out)
-        mapped = [h.name for h in selected if h.name in inventory.mappings]
-        collector.running, collector.at_once = len(mapped), inventory.settings.connections
-        progress.start(mapped)
+        progress.start([h.name for h in selected if h.name in inventory.mappings])
 
         def on_result(result: HostResult) -> None:
-            collector.host_done()
             progress.finished(result)
             if quiet:
                 return

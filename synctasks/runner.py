@@ -25,6 +25,7 @@ Neither depends on the task layer (fabfile.py, the console script).
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -286,7 +287,8 @@ def run_hosts(jobs: list[tuple[Any, str, Callable[[], HostResult]]], workers: in
     """
     log = get_logger()
     results: dict[Any, HostResult] = {}
-    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs) or 1)), thread_name_prefix="synctasks")
+    at_once = max(1, min(workers, len(jobs) or 1))
+    pool = ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="synctasks")
     futures: dict[Future, tuple[Any, str]] = {}
     deadline = None
 
@@ -301,6 +303,11 @@ def run_hosts(jobs: list[tuple[Any, str, Callable[[], HostResult]]], workers: in
             else:  # jobs catch their errors; this is a bug
                 result = HostResult(host=label, error=f"unexpected error: {error!r}", dry_run=dry_run)
         results[key] = result
+        if not gc.isenabled() and len(jobs) - len(results) >= at_once:
+            # A waiting host starts now: with the collector off for the run
+            # (cli), the finished one's connection, held in reference cycles
+            # (paramiko's transport), is freed here, not at the run's end.
+            gc.collect()
         release_memory()
         if on_result:
             on_result(result)
