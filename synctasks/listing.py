@@ -42,8 +42,10 @@ class Listing:
     #: whole with what the client expects and parsed only where they differ
     #: (:func:`parse_record`); such a dest has no ``entries``
     records: dict[str, set[bytes]] = field(default_factory=dict)
-    #: absolute path -> SHA-256 (--checksum), for dests listed as records
-    sums: dict[str, str] = field(default_factory=dict)
+    #: --checksum, for dests listed as records: "<SHA-256>  <absolute path>"
+    #: records as the host printed them (sha256sum -z's format), compared
+    #: whole with what the client expects (:meth:`LocalTrees.sum_records`)
+    sum_records: set[bytes] = field(default_factory=set)
     #: leftovers of cut runs (staging folders), to remove
     stale: list[str] = field(default_factory=list)
     #: dest -> staging folders of a run in progress there (another synctasks)
@@ -58,10 +60,22 @@ class Listing:
     perl: bool = False
     #: dest -> the folder where its work lands, when the listing user cannot write it
     unwritable: dict[str, str] = field(default_factory=dict)
+    _sums: dict[str, str] | None = field(default=None, repr=False)
+
+    def sum_of(self, path: str) -> str | None:
+        """The host's SHA-256 of an absolute path listed as a record (the
+        records are parsed once, on the first question: most runs ask none)."""
+        if self._sums is None:
+            self._sums = {_text(raw[66:]): raw[:64].decode() for raw in self.sum_records}
+        return self._sums.get(path)
 
 
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
+
+
+#: how a checksum line starts (a record's tag is upper case)
+_HEX = frozenset(bytes([c]) for c in b"0123456789abcdef")
 
 
 def _seconds(raw: bytes) -> int:
@@ -131,6 +145,13 @@ def parse_listing(data: bytes) -> Listing:
             if rows is None:
                 rows = listing.records.setdefault(dest, set())
             rows.add(record)
+        elif record[64:66] == b"  " and tag in _HEX and len(record) > 66:  # a checksum line
+            if rows is not None:
+                listing.sum_records.add(record)
+                continue
+            entry = current.get(_text(record[66:])) if current is not None else None
+            if entry is not None:
+                entry.sha256 = record[:64].decode()
         elif not record:
             continue
         elif tag == b"T":
@@ -193,12 +214,4 @@ def parse_listing(data: bytes) -> Listing:
                 entry.link = _text(target)
         elif tag == b"Z":
             break  # the end record (Z<token>)
-        elif len(record) > 66 and record[64:66] == b"  ":
-            path = _text(record[66:])
-            if rows is not None:
-                listing.sums[path] = record[:64].decode()
-                continue
-            entry = current.get(path) if current is not None else None
-            if entry is not None:
-                entry.sha256 = record[:64].decode()
     return listing

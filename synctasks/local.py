@@ -6,10 +6,12 @@ sums and the small files' bytes, each made once per run.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import stat
 import threading
 from dataclasses import dataclass
+from typing import Iterator
 
 from .inputs import Mapping
 
@@ -233,7 +235,7 @@ class LocalTrees:
                 slot = self._slots[key] = _Slot()
         if owner:
             try:
-                slot.entries = self._walk(mapping)
+                slot.entries, slot.sums = self._walk(mapping)
             except BaseException as exc:
                 slot.error = exc
             finally:
@@ -243,8 +245,9 @@ class LocalTrees:
             raise slot.error
         return slot.entries
 
-    def _walk(self, mapping: Mapping) -> list[LocalEntry]:
+    def _walk(self, mapping: Mapping) -> tuple[list[LocalEntry], list[str | None]]:
         entries = walk(mapping, self.excluder(mapping), self.symlinks, self.warn)
+        sums: list[str | None] = []
         if self.checksum:
             # hashed here, in the walker, once: not file by file by each
             # host's planning, taking turns at a lock
@@ -253,7 +256,25 @@ class LocalTrees:
                 for entry, digest in zip(entries, sums):
                     if digest is not None:
                         self._sums[(entry.path, entry.size, entry.mtime_ns)] = digest
-        return entries
+        return entries, sums
+
+    def sum_records(self, mapping: Mapping, dest: str) -> Iterator[bytes | None]:
+        """With --checksum, per local entry (in :meth:`get`'s order), the
+        line the host's hasher prints for its twin at ``dest`` when their
+        contents are the same ("<SHA-256>  <remote path>", as ``sha256sum
+        -z`` prints it), or None (not a file; unreadable here). Made as
+        planning goes: dests differ from host to host."""
+        self.get(mapping)
+        slot = self._slots[_tree(mapping)]
+        prefix = (dest if dest.endswith("/") else dest + "/").encode("utf-8", "surrogateescape")
+        whole = dest.encode("utf-8", "surrogateescape")
+        for entry, digest in zip(slot.entries, slot.sums or itertools.repeat(None)):
+            if digest is None:
+                yield None
+            elif entry.rel:
+                yield b"%s  %s%s" % (digest.encode(), prefix, entry.rel.encode("utf-8", "surrogateescape"))
+            else:
+                yield b"%s  %s" % (digest.encode(), whole)
 
     def expected(self, mapping: Mapping) -> list[bytes | None]:
         """Per local entry (in :meth:`get`'s order), the R record a host
@@ -305,6 +326,7 @@ class _Slot:
     def __init__(self):
         self.done = threading.Event()
         self.entries: list[LocalEntry] = []
+        self.sums: list[str | None] = []  #: --checksum: per entry, its SHA-256 (None: not a file, unreadable)
         self.error: BaseException | None = None
 
 

@@ -11,6 +11,7 @@ import itertools
 import posixpath
 import stat
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from .inputs import Mapping
 from .listing import Listing, RemoteEntry, parse_record, staging_name
@@ -169,6 +170,8 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
     #: the records of entries that need nothing when their local twin expects just that record
     same: "set[bytes] | frozenset" = frozenset()
     expected: "list[bytes | None] | itertools.repeat" = itertools.repeat(None)
+    #: --checksum: the host's hasher line of each entry whose content is the local one
+    expected_sums: "Iterator[bytes | None]" = itertools.repeat(None)
     records = listing.records.get(dest)
     if records is not None:
         # Entries whose record is the expected one need nothing: only the
@@ -178,11 +181,14 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
             expected = trees.expected(mapping)
             differing = records.difference(expected)
             same = records
+            if compare == "checksum":
+                expected_sums = trees.sum_records(mapping, dest)
         remote = {}
         for item in differing:
             rel, entry = parse_record(item)
             path = prefix + rel if rel else dest
-            entry.sha256 = listing.sums.get(path)
+            if compare == "checksum":
+                entry.sha256 = listing.sum_of(path)
             remote[path] = entry
     root = remote.get(dest)
     files = result.files
@@ -223,10 +229,11 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
         return found
 
     unchanged = 0
-    for entry, expect in zip(local, expected):
+    sums = listing.sum_records
+    for entry, expect, expect_sum in zip(local, expected, expected_sums):
         if expect is not None and expect in same:
             if not (trusted and entry.path in trusted) and (compare != "checksum" or entry.kind != "f" or
-                                                            _same_sum(listing, prefix + entry.rel, entry, trees)):
+                                                            expect_sum in sums):
                 if entry.kind == "d":
                     mirrored.add(prefix + entry.rel)
                 elif list_unchanged:
@@ -236,7 +243,7 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
                 continue
             # the watcher saw it change, or its content differs: compare it
             there = remote[prefix + entry.rel] = parse_record(expect)[1]
-            there.sha256 = listing.sums.get(prefix + entry.rel)
+            there.sha256 = listing.sum_of(prefix + entry.rel)
         path = prefix + entry.rel if entry.rel else dest
         if delete:
             wanted.add(path)
@@ -405,13 +412,6 @@ def unsafe_for_delete(mapping: Mapping, home: str | None = None) -> str | None:
     if len([p for p in mapping.dest.split("/") if p]) < 2:
         return "it is too close to /"
     return None
-
-
-def _same_sum(listing: Listing, path: str, entry: LocalEntry, trees: LocalTrees) -> bool:
-    try:
-        return listing.sums.get(path) == trees.sha256(entry)
-    except OSError:
-        return False  # unreadable now: sending it will say why
 
 
 def _owner_differs(mapping: Mapping, there: RemoteEntry) -> bool:

@@ -116,8 +116,9 @@ def test_unchanged_files_are_counted_not_kept(tmp_path):
 def test_checksum_compares_sums_of_unchanged_records_and_linked_dest_compares_all(tmp_path):
     src = _tree(tmp_path)
     rows = _as_records(_remote(src))
-    sums = {f"{DEST}/same.txt": sha256_file(str(src / "same.txt")), f"{DEST}/sub/deep.txt": "0" * 64}
-    checked = plan_mapping(Mapping(src=src, dest=DEST, is_dir=True), Listing(records={DEST: rows}, sums=sums),
+    # the host's hasher lines, as sha256sum -z prints them
+    sums = {f"{sha256_file(str(src / 'same.txt'))}  {DEST}/same.txt".encode(), f"{'0' * 64}  {DEST}/sub/deep.txt".encode()}
+    checked = plan_mapping(Mapping(src=src, dest=DEST, is_dir=True), Listing(records={DEST: rows}, sum_records=sums),
                            LocalTrees(checksum=True), compare="checksum", delete=False, warn=print)
     actions = {f.path: (f.action, f.reason) for f in checked.result.files}
     # same record, same sum: unchanged; same record, other sum (or none): sent

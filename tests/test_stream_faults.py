@@ -27,9 +27,10 @@ exec /usr/bin/scp "$@"
 """
 
 CRASHING_PERL_SINK = """#!/bin/sh
-# The perl sink (its bootstrap evals code from stdin) dies the same way.
-case $PWD:$2 in
-  *crash-here*:*'eval $c'*) head -c 300 >/dev/null; echo "perl: simulated crash" >&2; exit 1 ;;
+# The perl sink (its loader evals code from stdin; two arguments follow the
+# loader, where ops.pl gets four) dies the same way.
+case $#:$PWD:$2 in
+  4:*crash-here*:*'eval $c'*) head -c 300 >/dev/null; echo "perl: simulated crash" >&2; exit 1 ;;
 esac
 exec /usr/bin/perl "$@"
 """

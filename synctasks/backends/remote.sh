@@ -2,8 +2,9 @@
 # synctasks' remote script (the shell backend): see synctasks/backends/shell.py
 # for the protocol. Runs under any POSIX sh with GNU, BusyBox or BSD tools.
 # Argument: MODE (list | checksum | ops). Stdin: the run's token (never on a
-# command line), then (list modes) one "d:DEST" or "f:DEST" line per mapping
-# and an empty line, then the operations.
+# command line), then (checksum) the python3 hasher and an empty line, then
+# (list modes) one "d:DEST" or "f:DEST" line per mapping and an empty line,
+# then the operations.
 # shellcheck disable=SC2016,SC2086
 # (SC2016: the $ in single quotes are for sh -c children; SC2086: $depth is
 # empty or two words, on purpose)
@@ -50,6 +51,10 @@ STALE='for s do
   printf "S%s\0" "$s"
 done'
 export P node
+# perl's loader of our code (sink.pl, ops.pl): its first argument is the
+# code's length, read from stdin exactly (the stream or names follow).
+LOAD='$l = shift; $c = ""; while (length($c) < $l) {
+  last unless sysread(STDIN, $c, $l - length($c), length($c)) } eval $c; die $@ if $@'
 mark() { printf '\n@@%s@@ %s %s\n' "$t" "$1" "$2"; }
 # enter TOP DIR: cd into TOP/DIR without following a symlink below TOP (TOP
 # itself is the user's dest or above it: trusted as given). cd -P sets PWD to
@@ -109,7 +114,12 @@ if [ "$mode" != ops ]; then
   else printf 'Xthe host has neither GNU find -printf nor stat -c / stat -f: install GNU findutils or BusyBox\0'; exit 4
   fi
   if [ "$mode" = checksum ]; then
-    if sha256sum /dev/null >/dev/null 2>&1; then sum=sha256sum
+    # our python3 hasher (hasher.py) comes first, up to an empty line: where
+    # python3 runs it, one process hashes every file
+    hs=; while IFS= read -r l && [ -n "$l" ]; do hs="$hs$l
+"; done
+    if python3 -c "$hs" </dev/null >/dev/null 2>&1; then sum=py
+    elif sha256sum /dev/null >/dev/null 2>&1; then sum=sha256sum
     elif shasum -a 256 /dev/null >/dev/null 2>&1; then sum='shasum -a 256'
     else printf 'Xthe host has no sha256sum (nor shasum): --checksum cannot run there; drop --checksum\0'; exit 4
     fi
@@ -158,7 +168,10 @@ if [ "$mode" != ops ]; then
           -exec sh -c 'for l do printf "K%s\0%s\0" "$l" "$(readlink "$l")"; done' sh {} +
       fi
       if [ "$mode" = checksum ]; then
-        if [ $lm = gnu ] && [ "$sum" = sha256sum ]; then
+        if [ "$sum" = py ]; then
+          # (a name with a newline is never synced: it needs no sum)
+          find -H "$d" $depth \( -name "$PAT" -o -name "$NL" \) -prune -o -type f -print0 | python3 -c "$hs"
+        elif [ $lm = gnu ] && [ "$sum" = sha256sum ]; then
           find -H "$d" $depth -name "$PAT" -prune -o -type f -exec sha256sum -z -- {} +
         else
           find -H "$d" $depth \( -name "$PAT" -o -name "$NL" \) -prune -o -type f \
@@ -215,8 +228,7 @@ while IFS= read -r line; do
       # A host with perl: our perl sink (its code comes first on stdin, cl
       # bytes) reads exactly the stream, in big blocks.
       umask 0
-      perl -e '$l = shift; $c = ""; while (length($c) < $l) {
-        last unless sysread(STDIN, $c, $l - length($c), length($c)) } eval $c; die $@ if $@' "$cl" "$size" >"$a" 2>&1
+      perl -e "$LOAD" "$cl" "$size" >"$a" 2>&1
       rc=$?; umask 077; hs=$rc
     elif [ "$gnuhead" = 1 ]; then
       umask 0
@@ -233,21 +245,13 @@ while IFS= read -r line; do
     # client commits on a second channel meanwhile; this PID stays alive, so
     # no other run takes the staging folders for stale.)
     [ "$hs" = 0 ] || exec cat >/dev/null ;;
-  perl) # WHAT, then N bytes of NUL-separated names relative to the folder
-    # entered, for one perl (sysread: no read-ahead; the shell reads a byte
-    # at a time): mv renames (staged, final) pairs, mkdir makes each
-    # (exclusively), rm is rmdir, else rm -rf
+  perl) # WHAT TOP DIR N CL: our ops.pl (CL bytes), then N bytes of names,
+    # for one perl (sysread: no read-ahead; the shell reads a byte at a time)
     IFS= read -r what; if loc 2>&1; then ok=1; else ok=0; fi
-    IFS= read -r n
+    IFS= read -r n; IFS= read -r cl
     case $what in mv|mkdir|rm) ;; *) mark bad 3; exit 3 ;; esac
-    case $n in *[!0-9]*|'') mark bad 3; exit 3 ;; esac
-    perl -e '($n, $ok, $w) = @ARGV; $b = ""; while (length($b) < $n) {
-      last unless sysread(STDIN, $b, $n - length($b), length($b)) }
-      @p = split(/\0/, $b); $r = !$ok; while ($ok && @p) { $a = shift @p;
-      if ($w eq "mv") { $c = shift @p; if (!rename($a, $c)) { print "$c: $!\n"; $r = 1 } }
-      elsif ($w eq "mkdir") { if (!mkdir($a)) { print "mkdir: cannot create directory \x27$a\x27: $!\n"; $r = 1 } }
-      elsif (!rmdir($a) && (-e $a || -l $a)) { push @x, $a } }
-      while (@x) { system("rm", "-rf", "--", splice(@x, 0, 500)); $r = 1 if $? } exit $r' "$n" "$ok" "$what" 2>&1
+    case $n/$cl in *[!0-9/]*|/*|*/) mark bad 3; exit 3 ;; esac
+    perl -e "$LOAD" "$cl" "$n" "$ok" "$what" 2>&1
     mark "$what" $? ;;
   mv) # by the names we sent, from the staging folder (entered) to its folder
     if loc stage 2>&1; then names 'mv -f --' .. 2>&1; rc=$?; else rc=1; skiprest; fi

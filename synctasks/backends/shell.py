@@ -53,6 +53,12 @@ def _compact(script: str) -> str:
 SCRIPT = _compact(Path(__file__).with_name("remote.sh").read_text().replace("__STAGING__", STAGING_PREFIX))
 #: The SCP sink in perl (hosts with perl): sent on stdin with each stream.
 PERL_SINK = Path(__file__).with_name("sink.pl").read_bytes()
+#: Renames, mkdirs and removals in perl (hosts with perl): sent with each batch.
+PERL_OPS = Path(__file__).with_name("ops.pl").read_bytes()
+#: --checksum's hasher for hosts with python3, sent on stdin ahead of the
+#: dests (an empty line ends it: it has none).
+HASHER = b"".join(line for line in Path(__file__).with_name("hasher.py").read_bytes().splitlines(True)
+                  if line.strip() and not line.lstrip().startswith(b"#"))
 
 #: What sudo says when it will not run the script.
 SUDO_REFUSALS = ("try again", "incorrect password", "not in the sudoers", "not allowed to execute",
@@ -155,7 +161,8 @@ class Ops:
         if not names:
             return
         payload = b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
-        self._op("perl", what, *where, str(len(payload)))
+        self._op("perl", what, *where, str(len(payload)), str(len(PERL_OPS)))
+        self.parts.append(PERL_OPS)
         self.parts.append(payload)
 
     def mv(self, where: tuple[str, str], names: list[str]) -> None:
@@ -230,6 +237,8 @@ def open_script(target: Target, mode: str, mappings: list[Mapping], token: str |
         raise RemoteError(f"cannot start the remote command: {exc}", host=target.label, transient=True) from None
     stream = Stream(chan, target.label, target.timeout)
     line = (token or secrets.token_hex(8)).encode() + b"\n"
+    if mode == "checksum":
+        line += HASHER + b"\n"
     if mode != "ops":
         # The dests, one per line (input validation refuses newlines in them).
         line += b"".join(_dest_line(m).encode("utf-8", "surrogateescape") + b"\n" for m in mappings) + b"\n"
