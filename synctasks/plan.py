@@ -187,7 +187,7 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
         for item in differing:
             rel, entry = parse_record(item)
             path = prefix + rel if rel else dest
-            if compare == "checksum":
+            if compare == "checksum" and entry.kind == "f":
                 entry.sha256 = listing.sum_of(path)
             remote[path] = entry
     root = remote.get(dest)

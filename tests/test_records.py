@@ -117,7 +117,8 @@ def test_checksum_compares_sums_of_unchanged_records_and_linked_dest_compares_al
     src = _tree(tmp_path)
     rows = _as_records(_remote(src))
     # the host's hasher lines, as sha256sum -z prints them
-    sums = {f"{sha256_file(str(src / 'same.txt'))}  {DEST}/same.txt".encode(), f"{'0' * 64}  {DEST}/sub/deep.txt".encode()}
+    same = f"{sha256_file(str(src / 'same.txt'))}  {DEST}/same.txt".encode()
+    sums = {same, f"{'0' * 64}  {DEST}/sub/deep.txt".encode()}
     checked = plan_mapping(Mapping(src=src, dest=DEST, is_dir=True), Listing(records={DEST: rows}, sum_records=sums),
                            LocalTrees(checksum=True), compare="checksum", delete=False, warn=print)
     actions = {f.path: (f.action, f.reason) for f in checked.result.files}
@@ -125,6 +126,17 @@ def test_checksum_compares_sums_of_unchanged_records_and_linked_dest_compares_al
     assert actions[f"{DEST}/same.txt"] == ("skip", "unchanged"), actions
     assert actions[f"{DEST}/sub/deep.txt"] == ("send", "checksum")
     assert checked.differing < len(rows)
+    # every sum the host printed is the expected line: none is even parsed
+    deep = f"{sha256_file(str(src / 'sub/deep.txt'))}  {DEST}/sub/deep.txt".encode()
+    mapping, trees = Mapping(src=src, dest=DEST, is_dir=True), LocalTrees(checksum=True)
+    unchanged = {r for r in rows & set(trees.expected(mapping)) if r.endswith((b" same.txt", b" sub/deep.txt"))}
+    root = record("d", 0o755, 0, 0, b"")  # always compared
+    assert len(unchanged) == 2 and root in rows
+    matching = Listing(records={DEST: unchanged | {root}}, sum_records={same, deep})
+    again = plan_mapping(mapping, matching, trees, compare="checksum", delete=False, warn=print)
+    actions = {f.path: (f.action, f.reason) for f in again.result.files}
+    assert actions[f"{DEST}/sub/deep.txt"] == actions[f"{DEST}/same.txt"] == ("skip", "unchanged"), actions
+    assert matching._sums is None
     one = tmp_path / "one.txt"
     one.write_text("1234")
     os.utime(one, (T, T))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from synctasks.backends.shell import PERL_SINK, SCRIPT, Ops
+from synctasks.backends.shell import HASHER, PERL_SINK, SCRIPT, Ops
 from synctasks.constants import STAGING_PREFIX
 
 HERE = Path(__file__).resolve().parent.parent
@@ -198,6 +198,47 @@ def test_head_is_probed_only_for_the_scp_sink(tmp_path, perl):
     assert (dest / "a").read_bytes() == b"hello"
     probes = calls.read_text().splitlines() if calls.exists() else []
     assert ("head --version" in probes) is not perl, probes
+
+
+def test_checksum_hashes_in_python3_where_the_host_has_it_with_sha256sum_s_lines(tmp_path):
+    """--checksum on a host with python3: our hasher hashes every file in one
+    process (no sha256sum runs) and prints exactly sha256sum -z's lines,
+    which is what a host without python3 runs."""
+    import hashlib
+
+    dest = tmp_path / "d"
+    (dest / "sub dir").mkdir(parents=True)
+    files = {"plain.txt": b"x", "sub dir/it's $x; y": b"quote", "empty": b"", "big.bin": os.urandom(3 << 20),
+             "\u00fcn\u00efc\u00f6d\u00e9": b"u"}
+    for rel, data in files.items():
+        (dest / rel).write_bytes(data)
+    latin1 = os.fsencode(dest) + b"/latin1-\xe9"
+    with open(latin1, "wb") as handle:
+        handle.write(b"bytes")
+    (dest / "link").symlink_to("plain.txt")  # not a file: no sum
+    calls = tmp_path / "calls"
+    spy, nopython = tmp_path / "spy", tmp_path / "nopython"
+    for folder in (spy, nopython):
+        folder.mkdir()
+    for name in os.listdir("/usr/bin"):
+        if not name.startswith("python"):
+            (nopython / name).symlink_to(f"/usr/bin/{name}")
+    (spy / "sha256sum").write_text(f'#!/bin/sh\necho "sha256sum $*" >>{calls}\nexec /usr/bin/sha256sum "$@"\n')
+    (spy / "sha256sum").chmod(0o755)
+
+    def sums(path: str) -> set[bytes]:
+        done = subprocess.run(["/bin/sh", "-c", SCRIPT, "sh", "checksum"], capture_output=True, timeout=60,
+                              input=b"tok123\n" + HASHER + b"\n" + f"d:{dest}\n\n".encode(), env={"PATH": path})
+        assert done.returncode == 0 and not done.stderr, done.stderr
+        return {r for r in done.stdout.split(b"\0") if re.fullmatch(rb"[0-9a-f]{64}  .+", r, re.S)}
+
+    by_python = sums(f"{spy}:{os.environ['PATH']}")
+    assert not calls.exists()  # python3 did it all
+    expected = {hashlib.sha256(data).hexdigest().encode() + b"  " + os.fsencode(dest / rel) for rel, data in files.items()}
+    expected.add(hashlib.sha256(b"bytes").hexdigest().encode() + b"  " + latin1)
+    assert by_python == expected
+    assert shutil.which("python3", path=str(nopython)) is None and shutil.which("sha256sum", path=str(nopython))
+    assert sums(str(nopython)) == by_python
 
 
 @pytest.mark.parametrize("name, expected", [("web-01.example", "web_01.example"), ("host 1+\u00fc", "host_1___")])
