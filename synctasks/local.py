@@ -334,7 +334,13 @@ def sha256_file(path: str) -> str:
     digest = hashlib.sha256()
     fd = os.open(path, os.O_RDONLY)  # no buffered file object: half the cost of a small file's sum
     try:
-        while chunk := os.read(fd, 1 << 20):
+        # As the host's hasher (backends/hasher.py) does: a short read is the
+        # end (no empty read after it), in 64 KiB reads (a bigger one costs
+        # a small file an mmap and a munmap).
+        chunk = os.read(fd, 65536)
+        digest.update(chunk)
+        while len(chunk) == 65536:
+            chunk = os.read(fd, 65536)
             digest.update(chunk)
     finally:
         os.close(fd)
