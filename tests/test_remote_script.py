@@ -203,7 +203,7 @@ def test_head_is_probed_only_for_the_scp_sink(tmp_path, perl):
 def test_checksum_hashes_in_python3_where_the_host_has_it_with_sha256sum_s_lines(tmp_path):
     """--checksum on a host with python3: our hasher hashes every file in one
     process (no sha256sum runs) and prints exactly sha256sum -z's lines,
-    which is what a host without python3 runs."""
+    which is what a host without python3 (or whose python3 fails) runs."""
     import hashlib
 
     dest = tmp_path / "d"
@@ -229,16 +229,20 @@ def test_checksum_hashes_in_python3_where_the_host_has_it_with_sha256sum_s_lines
     def sums(path: str) -> set[bytes]:
         done = subprocess.run(["/bin/sh", "-c", SCRIPT, "sh", "checksum"], capture_output=True, timeout=60,
                               input=b"tok123\n" + HASHER + b"\n" + f"d:{dest}\n\n".encode(), env={"PATH": path})
-        assert done.returncode == 0 and not done.stderr, done.stderr
+        assert done.returncode == 0 and done.stderr in (b"", b"python3: cannot run\n"), done.stderr
         return {r for r in done.stdout.split(b"\0") if re.fullmatch(rb"[0-9a-f]{64}  .+", r, re.S)}
 
     by_python = sums(f"{spy}:{os.environ['PATH']}")
-    assert not calls.exists()  # python3 did it all
+    assert calls.read_bytes() == b"sha256sum /dev/null\n"  # the fallback is known; python3 did it all
     expected = {hashlib.sha256(data).hexdigest().encode() + b"  " + os.fsencode(dest / rel) for rel, data in files.items()}
     expected.add(hashlib.sha256(b"bytes").hexdigest().encode() + b"  " + latin1)
     assert by_python == expected
     assert shutil.which("python3", path=str(nopython)) is None and shutil.which("sha256sum", path=str(nopython))
     assert sums(str(nopython)) == by_python
+    # a python3 that cannot run (here: one that fails at once): the tools hash
+    (spy / "python3").write_text("#!/bin/sh\necho 'python3: cannot run' >&2\nexit 1\n")
+    (spy / "python3").chmod(0o755)
+    assert sums(f"{spy}:{nopython}") == by_python and len(calls.read_bytes().splitlines()) > 2
 
 
 @pytest.mark.parametrize("name, expected", [("web-01.example", "web_01.example"), ("host 1+\u00fc", "host_1___")])

@@ -118,10 +118,10 @@ if [ "$mode" != ops ]; then
     # python3 runs it, one process hashes every file
     hs=; while IFS= read -r l && [ -n "$l" ]; do hs="$hs$l
 "; done
-    if python3 -c "$hs" </dev/null >/dev/null 2>&1; then sum=py
-    elif sha256sum /dev/null >/dev/null 2>&1; then sum=sha256sum
+    py=; command -v python3 >/dev/null 2>&1 && py=1
+    if sha256sum /dev/null >/dev/null 2>&1; then sum=sha256sum
     elif shasum -a 256 /dev/null >/dev/null 2>&1; then sum='shasum -a 256'
-    else printf 'Xthe host has no sha256sum (nor shasum): --checksum cannot run there; drop --checksum\0'; exit 4
+    elif [ -z "$py" ]; then printf 'Xthe host has no sha256sum (nor shasum): --checksum cannot run there; drop --checksum\0'; exit 4
     fi
   fi
   printf 'L%s\0' "$lm"
@@ -168,14 +168,16 @@ if [ "$mode" != ops ]; then
           -exec sh -c 'for l do printf "K%s\0%s\0" "$l" "$(readlink "$l")"; done' sh {} +
       fi
       if [ "$mode" = checksum ]; then
-        if [ "$sum" = py ]; then
-          # (a name with a newline is never synced: it needs no sum)
-          find -H "$d" $depth \( -name "$PAT" -o -name "$NL" \) -prune -o -type f -print0 | python3 -c "$hs"
-        elif [ $lm = gnu ] && [ "$sum" = sha256sum ]; then
+        # (python3 fails only if it cannot run: then the tools hash, from
+        # here on; a name with a newline is never synced: it needs no sum)
+        if [ -n "$py" ] && find -H "$d" $depth \( -name "$PAT" -o -name "$NL" \) -prune -o -type f -print0 |
+          python3 -c "$hs"; then :
+        elif py= && [ $lm = gnu ] && [ "$sum" = sha256sum ]; then
           find -H "$d" $depth -name "$PAT" -prune -o -type f -exec sha256sum -z -- {} +
-        else
+        elif [ -n "$sum" ]; then
           find -H "$d" $depth \( -name "$PAT" -o -name "$NL" \) -prune -o -type f \
             -exec sh -c "$sum"' "$@" | tr "\n" "\0"' sh {} +
+        else echo "python3 failed, and the host has no sha256sum (nor shasum): no sums" >&2
         fi
       fi
     fi
