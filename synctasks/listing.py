@@ -123,7 +123,7 @@ def parse_listing(data: bytes) -> Listing:
     wanted; link, owner and group follow as records of their own), ``F``
     (``stat -c``: hex mode) or ``G`` (BSD ``stat -f``: octal mode), link
     targets as ``K`` records for the stat methods, checksums as sha256sum
-    lines.
+    lines (after a ``C`` record when one process hashed every dest).
     """
     from .errors import RemoteError
 
@@ -133,6 +133,7 @@ def parse_listing(data: bytes) -> Listing:
     dest = ""
     names: dict[tuple, tuple] = {}
     rows: set[bytes] | None = None  #: the current dest's R records
+    anywhere: list[dict[str, RemoteEntry]] | None = None  #: after C
     i = 0
     while i < len(records):
         record = records[i]
@@ -146,12 +147,18 @@ def parse_listing(data: bytes) -> Listing:
                 rows = listing.records.setdefault(dest, set())
             rows.add(record)
         elif record[64:66] == b"  " and tag in _HEX and len(record) > 66:  # a checksum line
-            if rows is not None:
+            if rows is not None or anywhere is not None:
                 listing.sum_records.add(record)
-                continue
-            entry = current.get(_text(record[66:])) if current is not None else None
-            if entry is not None:
-                entry.sha256 = record[:64].decode()
+            if rows is None or anywhere:
+                path = _text(record[66:])
+                for entries in ([current] if anywhere is None else anywhere):
+                    entry = entries.get(path) if entries is not None else None
+                    if entry is not None:
+                        entry.sha256 = record[:64].decode()
+        elif tag == b"C":
+            # the sums of every dest follow, known by their paths alone: the
+            # dests listed as entries (not records) are where a sum is looked up
+            anywhere = [entries for entries in listing.entries.values() if entries]
         elif not record:
             continue
         elif tag == b"T":

@@ -245,6 +245,36 @@ def test_checksum_hashes_in_python3_where_the_host_has_it_with_sha256sum_s_lines
     assert sums(f"{spy}:{nopython}") == by_python and len(calls.read_bytes().splitlines()) > 2
 
 
+def test_checksum_hashes_every_dest_in_one_python3_and_the_client_finds_each_sum(tmp_path):
+    """Several dests (listed as records, and as entries where a mapping names
+    an owner): one python3 hashes them all, after the last, and the parsed
+    listing has every sum where planning looks for it."""
+    import hashlib
+
+    from synctasks.listing import parse_listing
+
+    (tmp_path / "owned").mkdir()
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "owned/a.txt").write_text("a")
+    (tmp_path / "plain/b.txt").write_text("b")
+    (tmp_path / "one.txt").write_text("c")
+    calls = tmp_path / "calls"
+    spy = tmp_path / "spy"
+    spy.mkdir()
+    (spy / "python3").write_text(f'#!/bin/sh\necho python3 >>{calls}\nexec {shutil.which("python3")} "$@"\n')
+    (spy / "python3").chmod(0o755)
+    dests = f"D:{tmp_path}/owned\nd:{tmp_path}/plain\nf:{tmp_path}/one.txt\n\n"
+    done = subprocess.run(["/bin/sh", "-c", SCRIPT, "sh", "checksum"], capture_output=True, timeout=60,
+                          input=b"tok123\n" + HASHER + b"\n" + dests.encode(), env={"PATH": f"{spy}:{os.environ['PATH']}"})
+    assert done.returncode == 0, done.stderr
+    assert calls.read_text() == "python3\n"
+    listing = parse_listing(done.stdout)
+    assert set(listing.records) == {f"{tmp_path}/plain", f"{tmp_path}/one.txt"}
+    assert listing.entries[f"{tmp_path}/owned"][f"{tmp_path}/owned/a.txt"].sha256 == hashlib.sha256(b"a").hexdigest()
+    for path, data in (("plain/b.txt", b"b"), ("one.txt", b"c")):
+        assert listing.sum_of(f"{tmp_path}/{path}") == hashlib.sha256(data).hexdigest()
+
+
 @pytest.mark.parametrize("name, expected", [("web-01.example", "web_01.example"), ("host 1+\u00fc", "host_1___")])
 def test_staging_names_carry_the_host_name_made_safe(shell, name, expected):
     """The staging folder's name holds the host's name (read without a

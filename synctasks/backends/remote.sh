@@ -106,7 +106,26 @@ loc() {
   if [ "$1" = stage ]; then stage "$top" "$dir"; else enter "$top" "$dir"; fi
 }
 
+# files0 DEST: the files of DEST ($depth: as listed), NUL-ended (a name with
+# a newline is never synced: it needs no sum)
+files0() { f=$1; shift; find -H "$f" $depth \( -name "$PAT" -o -name "$NL" \) -prune -o -type f "$@"; }
+# sums DEST: sha256sum's lines (NUL-ended) for the files of DEST
+sums() {
+  if [ $lm = gnu ] && [ "$sum" = sha256sum ]; then
+    find -H "$1" $depth -name "$PAT" -prune -o -type f -exec sha256sum -z -- {} +
+  elif [ -n "$sum" ]; then files0 "$1" -exec sh -c "$sum"' "$@" | tr "\n" "\0"' sh {} +
+  fi
+}
+# deep KIND: $depth for a dest of KIND (d: a folder, f: a file)
+deep() { if [ "$1" = d ]; then depth=; else depth='-maxdepth 0'; fi; }
+# eachd CMD ARG...: CMD DEST ARG... for each dest left to hash (lines k:DEST in $hd)
+eachd() {
+  c=$1; shift
+  printf %s "$hd" | while IFS= read -r m; do deep "${m%%:*}"; "$c" "${m#*:}" "$@"; done
+}
+
 if [ "$mode" != ops ]; then
+  hd=
   printf 'T%s\0H%s\0' "$t" "$HOME"
   if find / -maxdepth 0 -printf '' >/dev/null 2>&1; then lm=gnu
   elif stat -c %s / >/dev/null 2>&1; then lm=statc
@@ -135,7 +154,7 @@ if [ "$mode" != ops ]; then
     case $k in D|F) own='%u\0%g'; sc=%U/%G; sf=%Su/%Sg ;; esac
     case $k in D) k=d ;; F) k=f ;; esac
     printf 'M%s\0' "$d"
-    if [ "$k" = d ]; then depth=; else depth='-maxdepth 0'; fi
+    deep "$k"
     # Can we write where the work lands? (the dest folder, else the nearest
     # folder that exists above it)
     w=$d
@@ -168,17 +187,9 @@ if [ "$mode" != ops ]; then
           -exec sh -c 'for l do printf "K%s\0%s\0" "$l" "$(readlink "$l")"; done' sh {} +
       fi
       if [ "$mode" = checksum ]; then
-        # (python3 fails only if it cannot run: then the tools hash, from
-        # here on; a name with a newline is never synced: it needs no sum)
-        if [ -n "$py" ] && find -H "$d" $depth \( -name "$PAT" -o -name "$NL" \) -prune -o -type f -print0 |
-          python3 -c "$hs"; then :
-        elif py= && [ $lm = gnu ] && [ "$sum" = sha256sum ]; then
-          find -H "$d" $depth -name "$PAT" -prune -o -type f -exec sha256sum -z -- {} +
-        elif [ -n "$sum" ]; then
-          find -H "$d" $depth \( -name "$PAT" -o -name "$NL" \) -prune -o -type f \
-            -exec sh -c "$sum"' "$@" | tr "\n" "\0"' sh {} +
-        else echo "python3 failed, and the host has no sha256sum (nor shasum): no sums" >&2
-        fi
+        # with python3: every dest hashed by one process, after the last
+        if [ -n "$py" ]; then hd="$hd$k:$d
+"; else sums "$d"; fi
       fi
     fi
     # Staging folders of a cut run can also sit beside dest (a new dest is
@@ -186,6 +197,12 @@ if [ "$mode" != ops ]; then
     p=${d%/*}; [ -n "$p" ] || p=/
     if [ -d "$p" ]; then find "$p" -mindepth 1 -maxdepth 1 -name "$PAT" -exec sh -c "$STALE" sh {} +; fi
   done
+  if [ -n "$hd" ]; then
+    # The sums of every dest follow (C), known by their paths. (python3
+    # fails only if it cannot run: then the tools hash.)
+    printf 'C\0'
+    eachd files0 -print0 | python3 -c "$hs" || eachd sums
+  fi
   printf 'Z%s\0' "$t"
 fi
 umask 077
