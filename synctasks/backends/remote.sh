@@ -135,7 +135,7 @@ if [ "$mode" != ops ]; then
   if [ "$mode" = checksum ]; then
     # our python3 hasher (hasher.py) comes first, up to an empty line: where
     # python3 runs it, one process hashes every file
-    hs=; while IFS= read -r l && [ -n "$l" ]; do hs="$hs$l
+    pyc=; while IFS= read -r l && [ -n "$l" ]; do pyc="$pyc$l
 "; done
     py=; command -v python3 >/dev/null 2>&1 && py=1
     if sha256sum /dev/null >/dev/null 2>&1; then sum=sha256sum
@@ -201,7 +201,7 @@ if [ "$mode" != ops ]; then
     # The sums of every dest follow (C), known by their paths. (python3
     # fails only if it cannot run: then the tools hash.)
     printf 'C\0'
-    eachd files0 -print0 | python3 -c "$hs" || eachd sums
+    eachd files0 -print0 | python3 -c "$pyc" || eachd sums
   fi
   printf 'Z%s\0' "$t"
 fi
