@@ -185,8 +185,7 @@ def test_head_is_probed_only_for_the_scp_sink(tmp_path, perl):
     calls = tmp_path / "calls"
     wrappers = tmp_path / "bin"
     wrappers.mkdir()
-    (wrappers / "head").write_text(f'#!/bin/sh\necho "head $*" >>{calls}\nexec {shutil.which("head")} "$@"\n')
-    (wrappers / "head").chmod(0o755)
+    _logging_wrapper(wrappers, "head", calls)
     stream = b"T1600000000 0 1600000000 0\nC0640 5 a\nhello\0E\n"
 
     def build(ops):
@@ -198,6 +197,21 @@ def test_head_is_probed_only_for_the_scp_sink(tmp_path, perl):
     assert (dest / "a").read_bytes() == b"hello"
     probes = calls.read_text().splitlines() if calls.exists() else []
     assert ("head --version" in probes) is not perl, probes
+
+
+def _logging_wrapper(folder: Path, name: str, calls: Path, with_args: bool = True) -> None:
+    """``folder/name``: runs this machine's ``name``, first adding a line to
+    ``calls`` ("name ARGS", or just "name")."""
+    said = f'"{name} $*"' if with_args else name
+    (folder / name).write_text(f'#!/bin/sh\necho {said} >>{calls}\nexec {shutil.which(name)} "$@"\n')
+    (folder / name).chmod(0o755)
+
+
+def _run_checksum(dest_lines: str, path: str) -> subprocess.CompletedProcess:
+    """The script in checksum mode, as the client starts it (token, hasher,
+    dests), with PATH ``path``."""
+    return subprocess.run(["/bin/sh", "-c", SCRIPT, "sh", "checksum"], capture_output=True, timeout=60,
+                          input=b"tok123\n" + HASHER + b"\n" + dest_lines.encode() + b"\n", env={"PATH": path})
 
 
 def test_checksum_hashes_in_python3_where_the_host_has_it_with_sha256sum_s_lines(tmp_path):
@@ -223,12 +237,10 @@ def test_checksum_hashes_in_python3_where_the_host_has_it_with_sha256sum_s_lines
     for name in os.listdir("/usr/bin"):
         if not name.startswith("python"):
             (nopython / name).symlink_to(f"/usr/bin/{name}")
-    (spy / "sha256sum").write_text(f'#!/bin/sh\necho "sha256sum $*" >>{calls}\nexec /usr/bin/sha256sum "$@"\n')
-    (spy / "sha256sum").chmod(0o755)
+    _logging_wrapper(spy, "sha256sum", calls)
 
     def sums(path: str) -> set[bytes]:
-        done = subprocess.run(["/bin/sh", "-c", SCRIPT, "sh", "checksum"], capture_output=True, timeout=60,
-                              input=b"tok123\n" + HASHER + b"\n" + f"d:{dest}\n\n".encode(), env={"PATH": path})
+        done = _run_checksum(f"d:{dest}\n", path)
         assert done.returncode == 0 and done.stderr in (b"", b"python3: cannot run\n"), done.stderr
         return {r for r in done.stdout.split(b"\0") if re.fullmatch(rb"[0-9a-f]{64}  .+", r, re.S)}
 
@@ -261,11 +273,8 @@ def test_checksum_hashes_every_dest_in_one_python3_and_the_client_finds_each_sum
     calls = tmp_path / "calls"
     spy = tmp_path / "spy"
     spy.mkdir()
-    (spy / "python3").write_text(f'#!/bin/sh\necho python3 >>{calls}\nexec {shutil.which("python3")} "$@"\n')
-    (spy / "python3").chmod(0o755)
-    dests = f"D:{tmp_path}/owned\nd:{tmp_path}/plain\nf:{tmp_path}/one.txt\n\n"
-    done = subprocess.run(["/bin/sh", "-c", SCRIPT, "sh", "checksum"], capture_output=True, timeout=60,
-                          input=b"tok123\n" + HASHER + b"\n" + dests.encode(), env={"PATH": f"{spy}:{os.environ['PATH']}"})
+    _logging_wrapper(spy, "python3", calls, with_args=False)  # (its arguments: the hasher's code)
+    done = _run_checksum(f"D:{tmp_path}/owned\nd:{tmp_path}/plain\nf:{tmp_path}/one.txt\n", f"{spy}:{os.environ['PATH']}")
     assert done.returncode == 0, done.stderr
     assert calls.read_text() == "python3\n"
     listing = parse_listing(done.stdout)
