@@ -9,6 +9,7 @@ import hashlib
 import itertools
 import os
 import stat
+import subprocess
 import threading
 from dataclasses import dataclass
 from typing import Iterator
@@ -161,6 +162,112 @@ def walk(mapping: Mapping, exclude: Excluder, symlinks: str, warn) -> list[Local
     return entries
 
 
+#: What the local GNU find prints per entry: its R record, as the host's
+#: GNU find lists it (see listing.record; a link's without its target),
+#: then its times (tv_sec.tv_nsec) and a link's target.
+_FIND_FORMAT = ("(", "-type", "f", "-printf", r"Rf%m %s %Ts %P\0%T@ %A@\0", ")", "-o",
+                "(", "-type", "d", "-printf", r"Rd%m 0 0 %P\0%T@ %A@\0", ")", "-o",
+                "(", "-type", "l", "-printf", r"Rl%m 0 0 %P\0%T@ %A@ %l\0", ")", "-o", "-printf", r"X%y %P\0\0")
+
+
+def _ns(stamp: bytes) -> int:
+    seconds, _, nanos = stamp.partition(b".")
+    return int(seconds) * 1_000_000_000 + int(nanos[:9].ljust(9, b"0"))
+
+
+def _order(record: bytes) -> bytes:
+    """The place of an R record's entry in :func:`walk`'s order: by folder
+    (parents first, as component tuples sort), then by name."""
+    head, _, name = record.split(b" ", 3)[3].rpartition(b"/")
+    return head.replace(b"/", b"\x01") + b"\0" + name
+
+
+class Found:
+    """A folder tree as the local GNU find listed it: per entry, the R
+    record a host lists for its twin when nothing differs, and its times.
+    Planning compares the records whole with a host's (sets, in C) and makes
+    a :class:`LocalEntry` only for the few that differ; a walk in Python made
+    100,000 entries and their records, under the GIL, for every no-op."""
+
+    def __init__(self, root: str, top: LocalEntry, records: list[bytes], stamps: list[bytes], files: int,
+                 newlines: bool):
+        self.root, self.top = root, top
+        self.records, self.stamps = records, stamps  #: in find's order
+        self.files = files  #: how many of them are files
+        self._lock = threading.Lock()
+        self._index: dict[bytes, int] | None = None
+        self._made: dict[int, LocalEntry] = {}
+        #: records that must be compared field by field whatever the host
+        #: lists (a newline in a name: SCP cannot carry it; planning says so)
+        self.always = [i for i, record in enumerate(records) if b"\n" in record] if newlines else []
+
+    def folders(self, prefix: str, besides: list[int]) -> list[str]:
+        """``prefix`` + the path of every folder but those at ``besides``."""
+        skip = set(besides)
+        return [prefix + record.split(b" ", 3)[3].decode("utf-8", "surrogateescape")
+                for i, record in enumerate(self.records) if record[1] == 100 and i not in skip]
+
+    def index(self) -> dict[bytes, int]:
+        """record -> its place in ``records`` (made on first use, once)."""
+        with self._lock:
+            if self._index is None:
+                self._index = dict(zip(self.records, range(len(self.records))))
+            return self._index
+
+    def lacking(self, remote: set[bytes]) -> list[int]:
+        """The places of the records ``remote`` lacks, in walk order."""
+        index = self.index()
+        places = set(map(index.__getitem__, index.keys() - remote))
+        places.update(self.always)
+        records = self.records
+        return sorted(places, key=lambda i: _order(records[i]))
+
+    def entry(self, i: int) -> LocalEntry:
+        made = self._made.get(i)
+        if made is None:
+            record, stamp = self.records[i], self.stamps[i]
+            kind = chr(record[1])
+            mode, size, _, rel = record[2:].split(b" ", 3)
+            mtime, atime, *link = stamp.split(b" ", 2)
+            if mtime[:1] == b"-" or atime[:1] == b"-":  # before 1970: as the kernel says
+                info = os.lstat(f"{self.root}/{rel.decode('utf-8', 'surrogateescape')}")
+                mtime_ns, atime_ns = info.st_mtime_ns, info.st_atime_ns
+            else:
+                mtime_ns, atime_ns = _ns(mtime), _ns(atime)
+            made = self._made[i] = LocalEntry(rel.decode("utf-8", "surrogateescape"), kind, self.root,
+                                              int(size) if kind == "f" else 0, mtime_ns, atime_ns, int(mode, 8),
+                                              link[0].decode("utf-8", "surrogateescape") if link else "")
+        return made
+
+    def entries(self) -> list[LocalEntry]:
+        """Every entry, root first, in walk order."""
+        records = self.records
+        order = sorted(range(len(records)), key=lambda i: _order(records[i]))
+        return [self.top, *map(self.entry, order)]
+
+
+def find_tree(root: str) -> Found | None:
+    """The folder tree under ``root`` as the local GNU find lists it, or None
+    where it cannot: no GNU find (BSD, BusyBox), an entry it could not read,
+    or one that is no file, folder or link (the Python walk then says which)."""
+    top = _local(root, "", os.stat(root), "d")
+    try:
+        # TZ set: otherwise glibc reads /etc/localtime for every %Ts
+        done = subprocess.run(["find", "-H", root, "-mindepth", "1", *_FIND_FORMAT], capture_output=True,
+                              env={**os.environ, "TZ": "UTC0", "LC_ALL": "C"})
+    except OSError:
+        return None
+    if done.returncode != 0 or done.stderr:
+        return None
+    out = done.stdout
+    if out.startswith(b"X") or b"\0X" in out:  # a FIFO, socket or device: the walk warns and skips it
+        return None
+    items = out.split(b"\0")
+    # (a record follows a NUL; a stamp starts with a digit or "-")
+    files = out.startswith(b"Rf") + out.count(b"\0Rf")
+    return Found(root, top, items[0:-1:2], items[1::2], files, b"\n" in out)
+
+
 class LocalTrees:
     """Walks each local src once per run, shared by every host that maps it.
 
@@ -227,6 +334,21 @@ class LocalTrees:
         return Excluder(self.global_exclude + tuple(mapping.exclude))
 
     def get(self, mapping: Mapping) -> list[LocalEntry]:
+        """Every entry of the mapping's src, root first, in walk order."""
+        slot = self._slot(mapping)
+        if slot.entries is None:
+            with slot.lock:
+                if slot.entries is None:
+                    slot.entries = slot.found.entries()
+                    slot.found = None  # its entries stand in for it from now on
+        return slot.entries
+
+    def found(self, mapping: Mapping) -> Found | None:
+        """The mapping's tree as the local GNU find listed it, while no
+        host has needed every entry of it; else None (see :meth:`get`)."""
+        return self._slot(mapping).found
+
+    def _slot(self, mapping: Mapping) -> "_Slot":
         key = _tree(mapping)
         with self._lock:
             slot = self._slots.get(key)
@@ -235,7 +357,7 @@ class LocalTrees:
                 slot = self._slots[key] = _Slot()
         if owner:
             try:
-                slot.entries, slot.sums = self._walk(mapping)
+                self._walk(mapping, slot)
             except BaseException as exc:
                 slot.error = exc
             finally:
@@ -243,10 +365,16 @@ class LocalTrees:
         slot.done.wait()
         if slot.error is not None:
             raise slot.error
-        return slot.entries
+        return slot
 
-    def _walk(self, mapping: Mapping) -> tuple[list[LocalEntry], list[str | None]]:
-        entries = walk(mapping, self.excluder(mapping), self.symlinks, self.warn)
+    def _walk(self, mapping: Mapping, slot: "_Slot") -> None:
+        exclude = self.excluder(mapping)
+        if (mapping.is_dir and not self.checksum and self.symlinks == "copy"
+                and getattr(exclude, "spec", exclude) is None):
+            slot.found = find_tree(str(mapping.src))
+            if slot.found is not None:
+                return
+        slot.entries = entries = walk(mapping, exclude, self.symlinks, self.warn)
         sums: list[str | None] = []
         if self.checksum:
             # hashed here, in the walker, once: not file by file by each
@@ -256,7 +384,7 @@ class LocalTrees:
                 for entry, digest in zip(entries, sums):
                     if digest is not None:
                         self._sums[(entry.path, entry.size, entry.mtime_ns)] = digest
-        return entries, sums
+        slot.sums = sums
 
     def sum_records(self, mapping: Mapping, dest: str) -> Iterator[bytes | None]:
         """With --checksum, per local entry (in :meth:`get`'s order), the
@@ -265,7 +393,7 @@ class LocalTrees:
         -z`` prints it), or None (not a file; unreadable here). Made as
         planning goes: dests differ from host to host."""
         self.get(mapping)
-        slot = self._slots[_tree(mapping)]
+        slot = self._slot(mapping)
         prefix = (dest if dest.endswith("/") else dest + "/").encode("utf-8", "surrogateescape")
         whole = dest.encode("utf-8", "surrogateescape")
         for entry, digest in zip(slot.entries, slot.sums or itertools.repeat(None)):
@@ -293,7 +421,7 @@ class LocalTrees:
         def run() -> None:
             for mapping in mappings:
                 try:
-                    self.get(mapping)
+                    self._slot(mapping)  # the walk (entries are made when a host needs them)
                 except Exception:
                     pass  # the host that needs it gets the error
         threading.Thread(target=run, name="walk-local", daemon=True).start()
@@ -325,7 +453,9 @@ def _expected(local: list[LocalEntry], mode: int | None) -> list[bytes | None]:
 class _Slot:
     def __init__(self):
         self.done = threading.Event()
-        self.entries: list[LocalEntry] = []
+        self.lock = threading.Lock()
+        self.entries: list[LocalEntry] | None = None  #: made from ``found`` when first asked for
+        self.found: Found | None = None
         self.sums: list[str | None] = []  #: --checksum: per entry, its SHA-256 (None: not a file, unreadable)
         self.error: BaseException | None = None
 

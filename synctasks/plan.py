@@ -173,16 +173,27 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
     #: --checksum: the host's hasher line of each entry whose content is the local one
     expected_sums: "Iterator[bytes | None]" = itertools.repeat(None)
     records = listing.records.get(dest)
+    #: the local tree as GNU find listed it (see :class:`local.Found`), when
+    #: only the entries the host lacks are planned one by one
+    listed = None
+    local: "list[LocalEntry] | None" = None
     if records is not None:
         # Entries whose record is the expected one need nothing: only the
         # others are parsed and compared field by field.
         differing = records
         if dest not in listing.dest_links:
-            expected = trees.expected(mapping)
-            differing = records.difference(expected)
-            same = records
-            if compare == "checksum":
-                expected_sums = trees.sum_records(mapping, dest)
+            if compare != "checksum" and mapping.mode is None and not trusted and not list_unchanged:
+                listed = trees.found(mapping)
+            if listed is not None:
+                lacking = listed.lacking(records)
+                local = [listed.top, *map(listed.entry, lacking)]
+                differing = records.difference(listed.index())  # (a dict: looked up, not copied)
+            else:
+                expected = trees.expected(mapping)
+                differing = records.difference(expected)
+                same = records
+                if compare == "checksum":
+                    expected_sums = trees.sum_records(mapping, dest)
         remote = {}
         for item in differing:
             rel, entry = parse_record(item)
@@ -202,7 +213,9 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
         files.append(FileResult(dest, "fail", plan.error))
         return plan
 
-    local = trees.get(mapping)
+    unchanged = 0
+    if local is None:
+        local = trees.get(mapping)
     staging = staging_name(token)
     wanted: set[str] = set()  #: local paths planned here (--delete only: ~40 B per file per host)
     #: remote folders whose contents mirror a local folder that was read
@@ -228,7 +241,11 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
             found = placed[folder] = Place(*staged_in(folder), prefix, mapping.mode)
         return found
 
-    unchanged = 0
+    if listed is not None:
+        # what the host lacks is planned below; the rest is unchanged
+        unchanged = listed.files - sum(1 for entry in local if entry.kind == "f")
+        if delete:
+            mirrored.update(listed.folders(prefix, lacking))
     sums = listing.sum_records
     for entry, expect, expect_sum in zip(local, expected, expected_sums):
         if expect is not None and expect in same:

@@ -1,0 +1,142 @@
+"""The local walk by GNU find (local.find_tree): the same entries, in the
+same order, as the Python walk; records byte for byte what a host's GNU find
+lists for a copy; planning a no-op without making an entry per file; and the
+Python walk wherever find cannot speak for the tree."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from synctasks import local
+from synctasks.backends.shell import SCRIPT
+from synctasks.inputs import Mapping
+from synctasks.listing import parse_listing
+from synctasks.local import Excluder, LocalTrees, find_tree, walk
+from synctasks.plan import plan_mapping
+
+
+def awkward_tree(root: Path) -> None:
+    """Names that sort in traps, odd bytes, modes and times."""
+    for rel in ("a", "a b", "a-b", "ab", "a/b", "a/b/c", "z", "empty", "\u00fcn\u00efc\u00f6d\u00e9"):
+        (root / rel).mkdir(parents=True, exist_ok=True)
+    files = {"a/f": b"1", "a/b/c/deep.txt": b"22", "a b/sp ace": b"", "ab/x": b"x" * 5000, "top.txt": b"t",
+             "it's $x; y": b"q", "\u00fcn\u00efc\u00f6d\u00e9/\u00e9": b"u", "new\nline": b"n"}
+    for rel, data in files.items():
+        (root / rel).write_bytes(data)
+    with open(os.fsencode(root) + b"/latin1-\xe9", "wb") as handle:
+        handle.write(b"bytes")
+    (root / "top.txt").chmod(0o4755)
+    (root / "z").chmod(0o2750)
+    os.utime(root / "a/f", ns=(1_000_000_123, -315_619_199_500_000_000))  # before 1970, half a second
+    os.utime(root / "ab/x", ns=(1_700_000_000_123_456_789, 1_700_000_001_987_654_321))
+    (root / "a/link").symlink_to("f")
+    (root / "dangling").symlink_to("nowhere/at all")
+
+
+def sans_atime(entries: list[local.LocalEntry]) -> list[tuple]:
+    """(reading a folder may move its atime)"""
+    return [(e.rel, e.kind, e.root, e.size, e.mtime_ns, e.mode, e.link) for e in entries]
+
+
+def mapping(src: Path, dest: str = "/d") -> Mapping:
+    return Mapping(src=src, dest=dest, is_dir=True)
+
+
+def test_gnu_find_walks_the_tree_as_the_python_walk_does(tmp_path):
+    awkward_tree(tmp_path / "src")
+    walk(mapping(tmp_path / "src"), Excluder(()), "copy", print)  # the folders' atimes, as read once (relatime)
+    found = find_tree(str(tmp_path / "src"))
+    assert found is not None
+    by_python = walk(mapping(tmp_path / "src"), Excluder(()), "copy", print)
+    assert found.entries() == by_python
+    assert [e.rel for e in by_python[:4]] == ["", "a", "a b", "a-b"]  # the walk's order, root first
+    assert found.files == sum(1 for e in by_python if e.kind == "f") == 9
+
+
+def test_records_are_what_the_host_lists_for_a_copy(tmp_path):
+    """Unchanged entries are found by comparing records whole: they must be
+    the remote script's (GNU find on the host) byte for byte."""
+    awkward_tree(tmp_path / "src")
+    subprocess.run(["cp", "-a", f"{tmp_path}/src", f"{tmp_path}/copy"], check=True)
+    done = subprocess.run(["/bin/sh", "-c", SCRIPT, "sh", "list"], capture_output=True, timeout=60,
+                          input=f"tok123\nd:{tmp_path}/copy\n\n".encode())
+    remote = parse_listing(done.stdout).records[f"{tmp_path}/copy"]
+    found = find_tree(str(tmp_path / "src"))
+    links = {r for r in found.records if r.startswith(b"Rl")}
+    assert len(links) == 2  # a host lists a link with its target: always compared field by field
+    assert set(found.records) - links == {r for r in remote if not r.startswith(b"Rl")} - {b"Rd%o 0 0 " % (
+        os.stat(tmp_path / "copy").st_mode & 0o7777)}
+
+
+def test_a_noop_is_planned_without_an_entry_per_file(tmp_path):
+    src = tmp_path / "src"
+    awkward_tree(src)
+    subprocess.run(["cp", "-a", str(src), f"{tmp_path}/copy"], check=True)
+    (tmp_path / "copy/a/stale").write_text("s")  # extraneous, in a folder that needs nothing
+    done = subprocess.run(["/bin/sh", "-c", SCRIPT, "sh", "list"], capture_output=True, timeout=60,
+                          input=f"tok123\nd:{tmp_path}/copy\n\n".encode())
+    listing = parse_listing(done.stdout)
+    trees = LocalTrees()
+    trees.prefetch([mapping(src, f"{tmp_path}/copy")])  # as a run starts the walk, in a thread
+    plan = plan_mapping(mapping(src, f"{tmp_path}/copy"), listing, trees, compare="size-mtime", delete=True,
+                        warn=print, list_unchanged=False)
+    slot = trees._slot(mapping(src, f"{tmp_path}/copy"))
+    assert slot.found is not None and slot.entries is None  # planned from records alone
+    assert len(slot.found._made) == 3  # the two links and the name with a newline
+    assert plan.sends == [] and plan.links == []
+    assert plan.result.unchanged == 10  # 9 files (one of them unsendable) and 2 links
+    assert [f.path for f in plan.result.files if f.action == "fail"] == [f"{tmp_path}/copy/new\nline"]
+    assert plan.deletes == [f"{tmp_path}/copy/a/stale"]
+    # one file changed: only it is sent; the others are still records
+    (src / "ab/x").write_bytes(b"y" * 5000)
+    os.utime(src / "ab/x", ns=(1_700_000_000_123_456_789, 1_700_000_009_000_000_000))
+    trees = LocalTrees()
+    plan = plan_mapping(mapping(src, f"{tmp_path}/copy"), listing, trees, compare="size-mtime", delete=False,
+                        warn=print, list_unchanged=False)
+    assert [s.path for s in plan.sends] == [f"{tmp_path}/copy/ab/x"]
+    assert plan.sends[0].local.mtime_ns == 1_700_000_009_000_000_000
+    assert plan.result.unchanged == 9
+
+
+def test_the_python_walk_takes_over_where_find_cannot(tmp_path, monkeypatch):
+    """A FIFO (find lists it; the walk warns and skips it), a find that
+    fails (an unreadable folder), no GNU find: the Python walk's entries."""
+    src = tmp_path / "src"
+    awkward_tree(src)
+    os.mkfifo(src / "a/fifo")
+    expected = walk(mapping(src), Excluder(()), "copy", lambda _: None)
+    assert find_tree(str(src)) is None
+    warnings: list[str] = []
+    assert sans_atime(LocalTrees(warn=warnings.append).get(mapping(src))) == sans_atime(expected)
+    assert any("fifo: not a regular file" in w for w in warnings)
+    os.unlink(src / "a/fifo")
+    expected = walk(mapping(src), Excluder(()), "copy", print)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "find").write_text("#!/bin/sh\necho 'find: unknown predicate -printf' >&2\nexit 1\n")
+    (bin_dir / "find").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    assert find_tree(str(src)) is None
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    assert find_tree(str(src)) is None
+    trees = LocalTrees()
+    assert sans_atime(trees.get(mapping(src))) == sans_atime(expected) and trees._slot(mapping(src)).found is None
+
+
+@pytest.mark.parametrize("setting", ["exclude", "follow", "checksum"])
+def test_settings_find_cannot_honour_keep_the_python_walk(tmp_path, monkeypatch, setting):
+    src = tmp_path / "src"
+    awkward_tree(src)
+    calls = []
+    monkeypatch.setattr(local, "find_tree", lambda root: calls.append(root))
+    trees = LocalTrees(global_exclude=("*.txt",) if setting == "exclude" else (),
+                       symlinks="follow" if setting == "follow" else "copy", checksum=setting == "checksum",
+                       warn=lambda _: None)
+    entries = trees.get(mapping(src))
+    assert calls == [] and entries[0].rel == ""
+    assert shutil.which("find")
