@@ -70,6 +70,14 @@ class Listing:
         return self._sums.get(path)
 
 
+#: The script's refusals (X records), in words: Dropbear's 9,000-byte
+#: command leaves the script no room for them.
+SCRIPT_ERRORS = {
+    b"nofind": "the host has neither GNU find -printf nor stat -c / stat -f: install GNU findutils or BusyBox",
+    b"nosum": "the host has no sha256sum (nor shasum): --checksum cannot run there; drop --checksum",
+}
+
+
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
@@ -168,7 +176,7 @@ def parse_listing(data: bytes) -> Listing:
         elif tag == b"L":
             listing.method = _text(record[1:])
         elif tag == b"X":
-            raise RemoteError(_text(record[1:]))
+            raise RemoteError(SCRIPT_ERRORS.get(record[1:]) or _text(record[1:]))
         elif tag == b"M":
             dest = _text(record[1:])
             current = listing.entries.setdefault(dest, {})

@@ -284,6 +284,41 @@ def test_checksum_hashes_every_dest_in_one_python3_and_the_client_finds_each_sum
         assert listing.sum_of(f"{tmp_path}/{path}") == hashlib.sha256(data).hexdigest()
 
 
+def test_listing_is_written_a_mebibyte_at_a_time_where_stdbuf_runs_and_whole_without_it(tmp_path):
+    """GNU find writes its listing through stdbuf -o1M (full SSH packets);
+    a host without stdbuf, or whose stdbuf cannot preload (exit 125), lists
+    the same entries."""
+    from synctasks.listing import parse_listing
+
+    dest = tmp_path / "d"
+    for i in range(300):
+        (dest / f"sub{i % 7}").mkdir(parents=True, exist_ok=True)
+        (dest / f"sub{i % 7}/file {i}").write_text("x" * i)
+    calls = tmp_path / "calls"
+    spy, nostdbuf, broken = tmp_path / "spy", tmp_path / "nostdbuf", tmp_path / "broken"
+    for folder in (spy, nostdbuf, broken):
+        folder.mkdir()
+    for name in os.listdir("/usr/bin"):
+        if name != "stdbuf":
+            (nostdbuf / name).symlink_to(f"/usr/bin/{name}")
+    _logging_wrapper(spy, "stdbuf", calls)
+    (broken / "stdbuf").write_text("#!/bin/sh\necho 'stdbuf: failed to find libstdbuf.so' >&2\nexit 125\n")
+    (broken / "stdbuf").chmod(0o755)
+
+    def records(path: str) -> set[bytes]:
+        done = subprocess.run(["/bin/sh", "-c", SCRIPT, "sh", "list"], capture_output=True, timeout=60,
+                              input=f"tok123\nd:{dest}\n\n".encode(), env={"PATH": path})
+        assert done.returncode == 0
+        return parse_listing(done.stdout).records[str(dest)]
+
+    through_stdbuf = records(f"{spy}:{os.environ['PATH']}")
+    assert calls.read_text().startswith(f"stdbuf -o1M find -H {dest} ")
+    assert len(through_stdbuf) == 308
+    assert shutil.which("stdbuf", path=str(nostdbuf)) is None
+    assert records(str(nostdbuf)) == through_stdbuf
+    assert records(f"{broken}:{nostdbuf}") == through_stdbuf
+
+
 @pytest.mark.parametrize("name, expected", [("web-01.example", "web_01.example"), ("host 1+\u00fc", "host_1___")])
 def test_staging_names_carry_the_host_name_made_safe(shell, name, expected):
     """The staging folder's name holds the host's name (read without a
