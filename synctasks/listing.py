@@ -7,8 +7,10 @@ it and never talks to a host.
 
 from __future__ import annotations
 
+import operator
 import stat
 from dataclasses import dataclass, field
+from operator import methodcaller
 
 from .constants import STAGING_PREFIX
 
@@ -82,6 +84,7 @@ def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
+_R, _RL = methodcaller("startswith", b"R"), methodcaller("startswith", b"Rl")
 #: how a checksum line starts (a record's tag is upper case)
 _HEX = frozenset(bytes([c]) for c in b"0123456789abcdef")
 
@@ -142,18 +145,30 @@ def parse_listing(data: bytes) -> Listing:
     names: dict[tuple, tuple] = {}
     rows: set[bytes] | None = None  #: the current dest's R records
     anywhere: list[dict[str, RemoteEntry]] | None = None  #: after C
+    plain: list[bool] | None = None  #: per record: an R record but a link's
     i = 0
     while i < len(records):
         record = records[i]
         i += 1
         tag = record[:1]
         if tag == b"R":
+            if rows is None:
+                rows = listing.records.setdefault(dest, set())
             if record[1:2] == b"l":
                 record += b"\0" + (records[i] if i < len(records) else b"")
                 i += 1
-            if rows is None:
-                rows = listing.records.setdefault(dest, set())
-            rows.add(record)
+                rows.add(record)
+                continue
+            # The bulk of a listing: the run of R records from here up to a
+            # link's (its target follows it) or any other record, at once.
+            if plain is None:
+                plain = list(map(operator.gt, map(_R, records), map(_RL, records)))
+            try:
+                end = plain.index(False, i)
+            except ValueError:
+                end = len(records)
+            rows.update(records[i - 1:end])
+            i = end
         elif record[64:66] == b"  " and tag in _HEX and len(record) > 66:  # a checksum line
             if rows is not None or anywhere is not None:
                 listing.sum_records.add(record)

@@ -9,6 +9,8 @@ import hashlib
 import itertools
 import os
 import stat
+from itertools import repeat
+from operator import add, attrgetter, itemgetter, methodcaller, mul
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -164,22 +166,21 @@ def walk(mapping: Mapping, exclude: Excluder, symlinks: str, warn) -> list[Local
 
 #: What the local GNU find prints per entry: its R record, as the host's
 #: GNU find lists it (see listing.record; a link's without its target),
-#: then its times (tv_sec.tv_nsec) and a link's target.
+#: then its mtime and atime (tv_sec.tv_nsec, 10 digits after the point).
 _FIND_FORMAT = ("(", "-type", "f", "-printf", r"Rf%m %s %Ts %P\0%T@ %A@\0", ")", "-o",
                 "(", "-type", "d", "-printf", r"Rd%m 0 0 %P\0%T@ %A@\0", ")", "-o",
-                "(", "-type", "l", "-printf", r"Rl%m 0 0 %P\0%T@ %A@ %l\0", ")", "-o", "-printf", r"X%y %P\0\0")
+                "(", "-type", "l", "-printf", r"Rl%m 0 0 %P\0%T@ %A@\0", ")", "-o", "-printf", r"X%y %P\0\0")
+_FIELDS = methodcaller("split", b" ", 3)  #: an R record's kind+mode, size, seconds, path
+_TEXT = methodcaller("decode", "utf-8", "surrogateescape")
+_PARENT = methodcaller("rpartition", "/")
+_SORTABLE = methodcaller("replace", "/", "\x01")
 
 
-def _ns(stamp: bytes) -> int:
-    seconds, _, nanos = stamp.partition(b".")
-    return int(seconds) * 1_000_000_000 + int(nanos[:9].ljust(9, b"0"))
-
-
-def _order(record: bytes) -> bytes:
-    """The place of an R record's entry in :func:`walk`'s order: by folder
-    (parents first, as component tuples sort), then by name."""
-    head, _, name = record.split(b" ", 3)[3].rpartition(b"/")
-    return head.replace(b"/", b"\x01") + b"\0" + name
+def _order(rel: str) -> tuple[str, str]:
+    """The place of an entry in :func:`walk`'s order: by folder (parents
+    first, as tuples of components sort: "/" below any character), then by name."""
+    head, _, name = rel.rpartition("/")
+    return head.replace("/", "\x01"), name
 
 
 class Found:
@@ -214,52 +215,74 @@ class Found:
                 self._index = dict(zip(self.records, range(len(self.records))))
             return self._index
 
-    def lacking(self, remote: set[bytes]) -> list[int]:
-        """The places of the records ``remote`` lacks, in walk order."""
+    def lacking(self, remote: set[bytes], shared: int) -> list[int]:
+        """The places of the records ``remote`` lacks, in walk order;
+        ``shared``: how many of ours it has (all of them: nothing to look up)."""
         index = self.index()
-        places = set(map(index.__getitem__, index.keys() - remote))
-        places.update(self.always)
+        places = set(self.always)
+        if shared != len(index):
+            places.update(map(index.__getitem__, index.keys() - remote))
         records = self.records
-        return sorted(places, key=lambda i: _order(records[i]))
+        return sorted(places, key=lambda i: _order(_TEXT(records[i].split(b" ", 3)[3])))
 
-    def entry(self, i: int) -> LocalEntry:
-        made = self._made.get(i)
-        if made is None:
-            record, stamp = self.records[i], self.stamps[i]
-            kind = chr(record[1])
-            mode, size, _, rel = record[2:].split(b" ", 3)
-            mtime, atime, *link = stamp.split(b" ", 2)
-            if mtime[:1] == b"-" or atime[:1] == b"-":  # before 1970: as the kernel says
-                info = os.lstat(f"{self.root}/{rel.decode('utf-8', 'surrogateescape')}")
-                mtime_ns, atime_ns = info.st_mtime_ns, info.st_atime_ns
-            else:
-                mtime_ns, atime_ns = _ns(mtime), _ns(atime)
-            made = self._made[i] = LocalEntry(rel.decode("utf-8", "surrogateescape"), kind, self.root,
-                                              int(size) if kind == "f" else 0, mtime_ns, atime_ns, int(mode, 8),
-                                              link[0].decode("utf-8", "surrogateescape") if link else "")
-        return made
+    def entries_at(self, places: list[int]) -> list[LocalEntry]:
+        """The entries of the records at ``places`` (each made once)."""
+        made = self._made
+        with self._lock:
+            new = [i for i in places if i not in made]
+            made.update(zip(new, self._make(new)))
+        return list(map(made.__getitem__, places))
 
     def entries(self) -> list[LocalEntry]:
         """Every entry, root first, in walk order."""
-        records = self.records
-        order = sorted(range(len(records)), key=lambda i: _order(records[i]))
-        return [self.top, *map(self.entry, order)]
+        made = self._make(range(len(self.records)))
+        parts = list(map(_PARENT, map(attrgetter("rel"), made)))  # (as _order, a list at a time)
+        keys = list(zip(map(_SORTABLE, map(itemgetter(0), parts)), map(itemgetter(2), parts)))
+        return [self.top, *map(made.__getitem__, sorted(range(len(keys)), key=keys.__getitem__))]
+
+    def _make(self, places) -> list[LocalEntry]:
+        """The entries of the records at ``places``, made a whole list at a
+        time: 100,000 one by one cost as much as the Python walk."""
+        records = list(map(self.records.__getitem__, places))
+        fields = list(map(_FIELDS, records))
+        rels = list(map(_TEXT, map(itemgetter(3), fields)))
+        # "s.fffffffff0 s.fffffffff0" per entry: seconds and nanoseconds
+        times = b" ".join(map(self.stamps.__getitem__, places)).replace(b".", b" ").split()
+        nanos = times[1::2]
+        if len(times) == 4 * len(records) and b"-" not in b"".join(times[0::2]) and set(map(len, nanos)) <= {10}:
+            stamps = list(map(add, map(mul, map(int, times[0::2]), repeat(1_000_000_000)),
+                              map(int, map(itemgetter(slice(0, 9)), nanos))))
+            mtimes, atimes = stamps[0::2], stamps[1::2]
+        else:  # before 1970, or an unknown format: as the kernel says
+            infos = [os.lstat(f"{self.root}/{rel}") for rel in rels]
+            mtimes, atimes = [i.st_mtime_ns for i in infos], [i.st_atime_ns for i in infos]
+        modes = map(int, map(itemgetter(slice(2, None)), map(itemgetter(0), fields)), repeat(8))
+        # (a folder's and a link's record says size 0)
+        made = list(map(LocalEntry, rels, map(chr, map(itemgetter(1), records)), repeat(self.root),
+                        map(int, map(itemgetter(1), fields)), mtimes, atimes, modes))
+        for entry in made:
+            if entry.kind == "l":
+                entry.link = os.readlink(entry.path)
+        return made
 
 
-def find_tree(root: str) -> Found | None:
+def find_tree(root: str, slot: "_Slot | None" = None) -> Found | None:
     """The folder tree under ``root`` as the local GNU find lists it, or None
     where it cannot: no GNU find (BSD, BusyBox), an entry it could not read,
-    or one that is no file, folder or link (the Python walk then says which)."""
+    or one that is no file, folder or link (the Python walk then says which).
+    ``slot.finding`` holds the find process while it runs (to be stopped)."""
     top = _local(root, "", os.stat(root), "d")
     try:
         # TZ set: otherwise glibc reads /etc/localtime for every %Ts
-        done = subprocess.run(["find", "-H", root, "-mindepth", "1", *_FIND_FORMAT], capture_output=True,
-                              env={**os.environ, "TZ": "UTC0", "LC_ALL": "C"})
+        process = subprocess.Popen(["find", "-H", root, "-mindepth", "1", *_FIND_FORMAT], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, env={**os.environ, "TZ": "UTC0", "LC_ALL": "C"})
     except OSError:
         return None
-    if done.returncode != 0 or done.stderr:
+    if slot is not None:
+        slot.finding = process
+    out, errors = process.communicate()
+    if process.returncode != 0 or errors:
         return None
-    out = done.stdout
     if out.startswith(b"X") or b"\0X" in out:  # a FIFO, socket or device: the walk warns and skips it
         return None
     items = out.split(b"\0")
@@ -335,7 +358,21 @@ class LocalTrees:
 
     def get(self, mapping: Mapping) -> list[LocalEntry]:
         """Every entry of the mapping's src, root first, in walk order."""
-        slot = self._slot(mapping)
+        slot = self._slot(mapping, wait=False)
+        if slot.finding is not None:
+            with slot.lock:
+                if slot.finding is not None:
+                    # A host needs every entry (a first sync) while find
+                    # still lists the tree: walk it here and now rather than
+                    # wait for find's records and make entries of them all.
+                    slot.finding.kill()
+                    slot.finding = None
+                    slot.taken = True
+                    try:
+                        slot.entries = walk(mapping, self.excluder(mapping), self.symlinks, self.warn)
+                    except BaseException as exc:
+                        slot.error = exc
+        self._slot(mapping)
         if slot.entries is None:
             with slot.lock:
                 if slot.entries is None:
@@ -348,7 +385,10 @@ class LocalTrees:
         host has needed every entry of it; else None (see :meth:`get`)."""
         return self._slot(mapping).found
 
-    def _slot(self, mapping: Mapping) -> "_Slot":
+    def _slot(self, mapping: Mapping, wait: bool = True) -> "_Slot":
+        """The mapping's walk, done (``wait``) or at least started: by
+        this thread when it is the first to ask (with find only if it will
+        not need every entry at once)."""
         key = _tree(mapping)
         with self._lock:
             slot = self._slots.get(key)
@@ -357,22 +397,28 @@ class LocalTrees:
                 slot = self._slots[key] = _Slot()
         if owner:
             try:
-                self._walk(mapping, slot)
+                self._walk(mapping, slot, finding=wait)
             except BaseException as exc:
                 slot.error = exc
             finally:
                 slot.done.set()
-        slot.done.wait()
-        if slot.error is not None:
-            raise slot.error
+        if wait:
+            slot.done.wait()
+            if slot.error is not None:
+                raise slot.error
         return slot
 
-    def _walk(self, mapping: Mapping, slot: "_Slot") -> None:
+    def _walk(self, mapping: Mapping, slot: "_Slot", finding: bool = True) -> None:
         exclude = self.excluder(mapping)
-        if (mapping.is_dir and not self.checksum and self.symlinks == "copy"
+        if (finding and mapping.is_dir and not self.checksum and self.symlinks == "copy"
                 and getattr(exclude, "spec", exclude) is None):
-            slot.found = find_tree(str(mapping.src))
-            if slot.found is not None:
+            found = find_tree(str(mapping.src), slot)
+            with slot.lock:
+                slot.finding = None
+                if slot.taken:
+                    return  # a host walked it meanwhile (see get)
+                slot.found = found
+            if found is not None:
                 return
         slot.entries = entries = walk(mapping, exclude, self.symlinks, self.warn)
         sums: list[str | None] = []
@@ -456,6 +502,8 @@ class _Slot:
         self.lock = threading.Lock()
         self.entries: list[LocalEntry] | None = None  #: made from ``found`` when first asked for
         self.found: Found | None = None
+        self.finding: subprocess.Popen | None = None  #: the find listing the tree, while it runs
+        self.taken = False  #: a host needing every entry walked the tree while find ran
         self.sums: list[str | None] = []  #: --checksum: per entry, its SHA-256 (None: not a file, unreadable)
         self.error: BaseException | None = None
 

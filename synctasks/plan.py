@@ -185,9 +185,9 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
             if compare != "checksum" and mapping.mode is None and not trusted and not list_unchanged:
                 listed = trees.found(mapping)
             if listed is not None:
-                lacking = listed.lacking(records)
-                local = [listed.top, *map(listed.entry, lacking)]
                 differing = records.difference(listed.index())  # (a dict: looked up, not copied)
+                lacking = listed.lacking(records, len(records) - len(differing))
+                local = [listed.top, *listed.entries_at(lacking)]
             else:
                 expected = trees.expected(mapping)
                 differing = records.difference(expected)

@@ -140,3 +140,30 @@ def test_settings_find_cannot_honour_keep_the_python_walk(tmp_path, monkeypatch,
     entries = trees.get(mapping(src))
     assert calls == [] and entries[0].rel == ""
     assert shutil.which("find")
+
+
+def test_a_host_that_needs_every_entry_walks_while_find_still_runs(tmp_path, monkeypatch):
+    """A first sync's planning needs every entry: it does not wait for find's
+    records to turn them all into entries, it walks the tree itself and stops
+    find."""
+    import time
+
+    src = tmp_path / "src"
+    awkward_tree(src)
+    expected = walk(mapping(src), Excluder(()), "copy", print)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "find").write_text(f"#!/bin/sh\necho $$ > {tmp_path}/pid\nexec sleep 30\n")  # a find that takes long
+    (bin_dir / "find").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    trees = LocalTrees()
+    trees.prefetch([mapping(src)])
+    while not (tmp_path / "pid").exists():
+        time.sleep(0.01)
+    started = time.monotonic()
+    assert sans_atime(trees.get(mapping(src))) == sans_atime(expected)
+    assert trees.found(mapping(src)) is None
+    assert time.monotonic() - started < 10
+    pid = int((tmp_path / "pid").read_text())
+    time.sleep(0.2)
+    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
