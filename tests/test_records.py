@@ -242,3 +242,18 @@ def test_small_files_are_kept_for_other_hosts_only():
     alone = LocalTrees(senders=1)  # one host: nothing to keep
     alone.remember("/src/a", b"abc")
     assert alone.blobs.get("/src/a") is None and alone.blob_room == room
+
+
+def test_runs_of_records_are_taken_whole_up_to_a_link_whose_target_looks_like_one():
+    """R records are added a run at a time; a link's target (the item after
+    its record) is never taken for a record, whatever it looks like."""
+    data = b"\0".join([
+        b"Ttok", b"Hhome", b"Lgnu", b"M/d", b"W1",
+        b"Rd755 0 0 ", b"Rf644 1 1700000000 a", b"Rl777 0 0 link", b"Rf644 9 1 not-a-record",
+        b"Rf644 2 1700000000 b", b"S/d/.synctasks-tmp-x", b"Rf644 3 1700000000 c", b"Rl777 0 0 last", b"Rd755 0 0 x",
+        b"M/e", b"W1", b"Rf644 4 1700000000 e", b"Ztok", b""])
+    listing = parse_listing(data)
+    assert listing.records["/d"] == {b"Rd755 0 0 ", b"Rf644 1 1700000000 a", b"Rl777 0 0 link\0Rf644 9 1 not-a-record",
+                                     b"Rf644 2 1700000000 b", b"Rf644 3 1700000000 c", b"Rl777 0 0 last\0Rd755 0 0 x"}
+    assert listing.records["/e"] == {b"Rf644 4 1700000000 e"}
+    assert listing.stale == ["/d/.synctasks-tmp-x"]
