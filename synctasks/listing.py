@@ -182,6 +182,15 @@ def parse_listing(data: bytes) -> Listing:
             # the sums of every dest follow, known by their paths alone: the
             # dests listed as entries (not records) are where a sum is looked up
             anywhere = [entries for entries in listing.entries.values() if entries]
+            if not anywhere:
+                # only records' dests: every line up to the end record is a
+                # sum line, taken at once
+                try:
+                    end = records.index(b"Z" + listing.token.encode("utf-8", "surrogateescape"), i)
+                except ValueError:
+                    end = len(records)
+                listing.sum_records.update(filter(None, records[i:end]))
+                i = end
         elif not record:
             continue
         elif tag == b"T":

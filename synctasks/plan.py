@@ -15,7 +15,7 @@ from typing import Iterator
 
 from .inputs import Mapping
 from .listing import Listing, RemoteEntry, parse_record, staging_name
-from .local import NAME_MAX, LocalEntry, LocalTrees, sha256_file
+from .local import NAME_MAX, Found, LocalEntry, LocalTrees, sha256_file
 from .results import CHANGING, FileResult, MappingResult
 
 NEW_FILE = ">f+++++++++"
@@ -156,6 +156,25 @@ def _unsendable(name: str) -> str | None:
     return None
 
 
+def _sums_differ(listed: Found, lacking: list[int], dest: str, prefix: str, listing: Listing,
+                 twins: dict[str, RemoteEntry]) -> list[int] | None:
+    """--checksum: ``lacking`` and the files whose record the host has but
+    not their sum, in walk order (their remote twins, parsed from that
+    record, go in ``twins``); None if a line cannot be traced to its file."""
+    skip = 66 + len(prefix.encode("utf-8", "surrogateescape"))
+    places = set(lacking)
+    for line in itertools.filterfalse(listing.sum_records.__contains__, listed.sum_lines_at(dest)):
+        i = listed.place_of(line[skip:])
+        if i is None:
+            return None  # (a name holding "  <src>/": see Found.sum_lines_at)
+        if i not in places:
+            # (its sum is not the host's, or the host has none: it differs
+            # either way, and the host's sum is not looked up)
+            places.add(i)
+            twins[prefix + line[skip:].decode("utf-8", "surrogateescape")] = parse_record(listed.records[i])[1]
+    return lacking if len(places) == len(lacking) else listed.in_order(places)
+
+
 def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compare: str, delete: bool,
                  warn, token: str = "0", trusted: frozenset = frozenset(), remote_links: str = "refuse",
                  list_unchanged: bool = True) -> MappingPlan:
@@ -177,24 +196,33 @@ def plan_mapping(mapping: Mapping, listing: Listing, trees: LocalTrees, *, compa
     #: only the entries the host lacks are planned one by one
     listed = None
     local: "list[LocalEntry] | None" = None
+    #: --checksum: remote twins of files whose record is the host's but whose sum is not
+    twins: dict[str, RemoteEntry] = {}
     if records is not None:
         # Entries whose record is the expected one need nothing: only the
         # others are parsed and compared field by field.
         differing = records
         if dest not in listing.dest_links:
-            if compare != "checksum" and mapping.mode is None and not trusted and not list_unchanged:
+            if mapping.mode is None and not trusted and not list_unchanged:
                 listed = trees.found(mapping)
             if listed is not None:
                 differing = records.difference(listed.index())  # (a dict: looked up, not copied)
                 lacking = listed.lacking(records, len(records) - len(differing))
+                if compare == "checksum":
+                    lacking = _sums_differ(listed, lacking, dest, prefix, listing, twins)
+                    if lacking is None:
+                        listed = None  # compared in full, below
+            if listed is not None:
                 local = [listed.top, *listed.entries_at(lacking)]
+                if compare == "checksum":
+                    trees.know_sums(local, [listed.digest(e.path) if e.kind == "f" else None for e in local])
             else:
                 expected = trees.expected(mapping)
                 differing = records.difference(expected)
                 same = records
                 if compare == "checksum":
                     expected_sums = trees.sum_records(mapping, dest)
-        remote = {}
+        remote = twins if listed is not None else {}
         for item in differing:
             rel, entry = parse_record(item)
             path = prefix + rel if rel else dest

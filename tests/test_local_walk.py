@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from synctasks import local
-from synctasks.backends.shell import SCRIPT
+from synctasks.backends.shell import HASHER, SCRIPT
 from synctasks.inputs import Mapping
 from synctasks.listing import parse_listing
 from synctasks.local import Excluder, LocalTrees, find_tree, walk
@@ -167,3 +167,58 @@ def test_a_host_that_needs_every_entry_walks_while_find_still_runs(tmp_path, mon
     pid = int((tmp_path / "pid").read_text())
     time.sleep(0.2)
     assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def _listed_with_sums(tmp_path: Path, copy: Path):
+    done = subprocess.run(["/bin/sh", "-c", SCRIPT, "sh", "checksum"], capture_output=True, timeout=60,
+                          input=b"tok123\n" + HASHER + b"\n" + f"d:{copy}\n\n".encode())
+    return parse_listing(done.stdout)
+
+
+@pytest.mark.parametrize("apart", [0, 5000])
+def test_checksum_plans_from_records_and_sum_lines_alone(tmp_path, monkeypatch, apart):
+    """--checksum: the local hasher's lines (``apart``: from how many files
+    on a process of its own hashes them) against the host's; a file whose
+    record agrees but whose content does not is found by its sum alone."""
+    monkeypatch.setattr(local, "HASH_APART", apart)
+    src = tmp_path / "src"
+    awkward_tree(src)
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-a", str(src), str(copy)], check=True)
+    (copy / "ab/x").write_bytes(b"z" * 5000)  # same size, same mtime: only the sum differs
+    os.utime(copy / "ab/x", ns=(1_700_000_000_123_456_789, 1_700_000_001_987_654_321))
+    listing = _listed_with_sums(tmp_path, copy)
+    assert listing.sum_records
+    trees = LocalTrees(checksum=True)
+    trees.prefetch([mapping(src, str(copy))])
+    plan = plan_mapping(mapping(src, str(copy)), listing, trees, compare="checksum", delete=False, warn=print,
+                        list_unchanged=False)
+    slot = trees._slot(mapping(src, str(copy)))
+    assert slot.found is not None and slot.entries is None and slot.found.sum_lines.count(b"\0") == 9
+    assert [(s.path, s.reason) for s in plan.sends] == [(f"{copy}/ab/x", "checksum")]
+    assert plan.result.unchanged == 9  # 9 files (the unsendable one and ab/x aside) and 2 links
+    (copy / "ab/x").write_bytes(b"x" * 5000)
+    os.utime(copy / "ab/x", ns=(1_700_000_000_123_456_789, 1_700_000_001_987_654_321))
+    plan = plan_mapping(mapping(src, str(copy)), _listed_with_sums(tmp_path, copy), trees, compare="checksum",
+                        delete=False, warn=print, list_unchanged=False)
+    assert plan.sends == [] and plan.result.unchanged == 10
+
+
+def test_checksum_of_a_file_that_cannot_be_read_leaves_the_tree_to_the_python_walk(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    awkward_tree(src)
+    found = find_tree(str(src))
+    assert local.hash_tree(found) is not None
+    (src / "ab/x").rename(src / "ab/gone")  # since find listed it
+    assert local.hash_tree(found) is None
+    (src / "ab/gone").rename(src / "ab/x")
+    monkeypatch.setattr(local, "HASH_APART", 0)
+    assert local.hash_tree(found) is not None
+    monkeypatch.setattr(local, "HASHER_PATH", str(tmp_path / "hasher.py"))
+    (tmp_path / "hasher.py").write_text(
+        "import sys\nsys.stdin.buffer.read()\nsys.stderr.write('sha256: x: Permission denied\\n')\n")
+    assert local.hash_tree(found) is None
+    trees = LocalTrees(checksum=True)
+    assert trees.found(mapping(src)) is None
+    assert sans_atime(trees.get(mapping(src))) == sans_atime(walk(mapping(src), Excluder(()), "copy", print))
+    assert len([s for s in trees._slot(mapping(src)).sums if s]) == 9  # hashed by the walk, as before

@@ -257,3 +257,12 @@ def test_runs_of_records_are_taken_whole_up_to_a_link_whose_target_looks_like_on
                                      b"Rf644 2 1700000000 b", b"Rf644 3 1700000000 c", b"Rl777 0 0 last\0Rd755 0 0 x"}
     assert listing.records["/e"] == {b"Rf644 4 1700000000 e"}
     assert listing.stale == ["/d/.synctasks-tmp-x"]
+
+
+def test_sum_lines_after_c_are_taken_whole_for_records_dests():
+    a, b = "a" * 64, "b" * 64
+    data = b"\0".join([b"Ttok", b"Hhome", b"Lgnu", b"M/d", b"W1", b"Rd755 0 0 ", b"Rf644 1 1700000000 x y",
+                       b"C", f"{a}  /d/x y".encode(), f"{b}  /d/Ztok".encode(), b"Ztok", b""])
+    listing = parse_listing(data)
+    assert listing.sum_records == {f"{a}  /d/x y".encode(), f"{b}  /d/Ztok".encode()}
+    assert listing.sum_of("/d/x y") == a and listing.token == "tok"
