@@ -5,7 +5,6 @@ sums and the small files' bytes, each made once per run.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 import stat
@@ -17,6 +16,7 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator
 
+from .backends.hasher import digest as _digest
 from .inputs import Mapping
 
 NAME_MAX = 255
@@ -594,20 +594,11 @@ class _Slot:
 
 
 def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
     fd = os.open(path, os.O_RDONLY)  # no buffered file object: half the cost of a small file's sum
     try:
-        # As the host's hasher (backends/hasher.py) does: a short read is the
-        # end (no empty read after it), in 64 KiB reads (a bigger one costs
-        # a small file an mmap and a munmap).
-        chunk = os.read(fd, 65536)
-        digest.update(chunk)
-        while len(chunk) == 65536:
-            chunk = os.read(fd, 65536)
-            digest.update(chunk)
+        return _digest(fd).hexdigest()  # as the host's hasher reads
     finally:
         os.close(fd)
-    return digest.hexdigest()
 
 
 def _sums(entries: list[LocalEntry]) -> list[str | None]:

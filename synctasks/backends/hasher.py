@@ -10,6 +10,21 @@ import os
 import sys
 
 
+def digest(fd):
+    """The SHA-256 of an open file, read to its end (the client hashes its
+    own files with this too: local.sha256_file)."""
+    sha = hashlib.sha256()
+    # A regular file reads short only at its end: no read of nothing after
+    # it (a quarter of the system calls). (64 KiB: a 1 MiB read of a small
+    # file costs the allocator an mmap, an mremap and a munmap.)
+    chunk = os.read(fd, 65536)
+    sha.update(chunk)
+    while len(chunk) == 65536:
+        chunk = os.read(fd, 65536)
+        sha.update(chunk)
+    return sha
+
+
 def main():
     names = sys.stdin.buffer
     out = sys.stdout.buffer
@@ -25,16 +40,7 @@ def main():
             try:
                 fd = os.open(path, flags)
                 try:
-                    digest = hashlib.sha256()
-                    # A regular file reads short only at its end: no read
-                    # of nothing after it (a quarter of the system calls).
-                    # (64 KiB: a 1 MiB read of a small file costs the
-                    # allocator an mmap, an mremap and a munmap.)
-                    chunk = os.read(fd, 65536)
-                    digest.update(chunk)
-                    while len(chunk) == 65536:
-                        chunk = os.read(fd, 65536)
-                        digest.update(chunk)
+                    sha = digest(fd)
                 finally:
                     os.close(fd)
             except OSError as exc:
@@ -42,7 +48,7 @@ def main():
                 # status stays 0, which says that python3 ran
                 sys.stderr.write("sha256: %s: %s\n" % (os.fsdecode(path), exc.strerror))
                 continue
-            done.append(digest.hexdigest().encode() + b"  " + path + b"\0")
+            done.append(sha.hexdigest().encode() + b"  " + path + b"\0")
         out.write(b"".join(done))
         if not block:
             out.flush()
