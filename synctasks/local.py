@@ -196,7 +196,7 @@ class Found:
         self.root, self.top = root, top
         self.records, self.stamps = records, stamps  #: in find's order
         self.files = files  #: how many of them are files
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # (place_of and digest take it, then index may)
         self._index: dict[bytes, int] | None = None
         self._made: dict[int, LocalEntry] = {}
         #: records that must be compared field by field whatever the host

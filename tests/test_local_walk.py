@@ -222,3 +222,21 @@ def test_checksum_of_a_file_that_cannot_be_read_leaves_the_tree_to_the_python_wa
     assert trees.found(mapping(src)) is None
     assert sans_atime(trees.get(mapping(src))) == sans_atime(walk(mapping(src), Excluder(()), "copy", print))
     assert len([s for s in trees._slot(mapping(src)).sums if s]) == 9  # hashed by the walk, as before
+
+
+def test_a_found_tree_answers_in_any_order_of_questions(tmp_path):
+    """place_of and digest, asked first, build the index they need (no lock
+    taken twice by one thread)."""
+    import threading
+
+    src = tmp_path / "src"
+    awkward_tree(src)
+    found = find_tree(str(src))
+    found.sum_lines = local.hash_tree(found)
+    answers = []
+    worker = threading.Thread(target=lambda: answers.extend([found.place_of(b"ab/x"), found.digest(str(src / "ab/x"))]),
+                              daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive()
+    assert found.records[answers[0]].endswith(b" ab/x") and answers[1] == local.sha256_file(str(src / "ab/x"))
