@@ -43,6 +43,8 @@ def test_readme_deploy_task_with_fab_hosts(project, server, remote):
     assert unchanged.returncode == 0 and not (app / "restart.txt").exists()
     # A failed sync raises (SyncFailed): fab fails and nothing is restarted.
     (project.root / "site/index.html").write_text("<h1>v2</h1>")
+    # (v1's size; within v1's second its mtime would be the same too)
+    os.utime(project.root / "site/index.html", (os.path.getmtime(project.root / "site/index.html") + 10,) * 2)
     (app / "site").chmod(0o555)
     try:
         failed = deploy()

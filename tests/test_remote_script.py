@@ -175,6 +175,35 @@ def test_perl_sink_widens_the_pipe_it_reads(tmp_path):
     assert (dest / "a").stat().st_mtime_ns // 1000 == 1600000000 * 10**6
 
 
+def test_perl_sink_answers_every_record_and_says_why_it_stopped(tmp_path):
+    """The perl sink's answers (kept, written in blocks): one per record,
+    an error for a file it could not write, and its reason when it stops;
+    files get their mode without a chmod, setuid and sticky bits too."""
+    dest = tmp_path / "d"
+    dest.mkdir()
+    (dest / "taken").mkdir()  # a folder where a file is sent: that file fails
+    (dest / "f0").write_text("old")  # there already (not made here): its mode is set after
+    (dest / "f0").chmod(0o600)
+    files = b"".join(b"T1600000000 0 1600000000 0\nC%04o 2 f%d\nhi\0" % (mode, i)
+                     for i, mode in enumerate((0o640, 0o4755, 0o1444, 0o600)))
+
+    def sink(stream: bytes) -> str:
+        def build(ops):
+            ops.scp((str(dest), ""), len(stream), staged=False, sink=PERL_SINK)
+            ops.parts.append(stream)
+
+        answers = run_ops((["/bin/sh"], os.environ["PATH"]), build)
+        assert answers[0][:2] == ("scp", 1), answers
+        return answers[0][2]
+
+    # ready, then T, C and the file's end for each file, and why it stopped
+    assert sink(files + b"T1 0 1 0\nC0644 1 taken\nx\0E\n") == "\0" * 14 + "\x01taken: Is a directory"
+    for i, mode in enumerate((0o640, 0o4755, 0o1444, 0o600)):
+        assert (dest / f"f{i}").read_bytes() == b"hi" and (dest / f"f{i}").stat().st_mode & 0o7777 == mode
+    assert sink(b"C0644 1 ../out\nx\0E\n") == "\0\x01../out: bad name"
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("perl", [True, False])
 def test_head_is_probed_only_for_the_scp_sink(tmp_path, perl):
     """GNU head keeps `scp -t` to its stream: the script asks which head the

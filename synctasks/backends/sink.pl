@@ -5,7 +5,7 @@
 # Runs in the folder the script entered; names may not leave it.
 use strict;
 use warnings;
-use Fcntl qw(O_WRONLY O_CREAT O_TRUNC O_NOFOLLOW);
+use Fcntl qw(O_WRONLY O_CREAT O_TRUNC O_NOFOLLOW O_EXCL);
 my $left = shift @ARGV;
 my $buf = "";
 my $hires = eval { require Time::HiRes; 1 };
@@ -19,8 +19,17 @@ umask 0;
 # its size for the run's later streams.
 fcntl(STDIN, 1031, 1048576);
 
+# Answers are kept and written before each read that may wait, and at the
+# end: one write per block of the stream, not three per file (they wait in
+# a file until the sink exits anyway). The first ("ready") goes out before
+# any of the stream is read: the answers' file has its first block on the
+# disk before the stream can fill it.
+my $said = "";
+sub say { $said .= $_[0] }
+sub told { syswrite(STDOUT, $said) if length $said; $said = "" }
 sub fill {
     my ($want) = @_;
+    told() if length($buf) < $want;
     while (length($buf) < $want && $left > 0) {
         my $got = sysread(STDIN, $buf, $left < 4194304 ? $left : 4194304, length($buf));
         if (!$got) { $left = 0; last }
@@ -31,7 +40,8 @@ sub fill {
 
 sub stop {
     my ($why) = @_;
-    print "\x01$why\n";
+    say("\x01$why\n");
+    told();
     exit 1;
 }
 
@@ -41,7 +51,7 @@ sub safe {
     return $name;
 }
 
-print "\0";
+say("\0");
 my ($mtime, $atime) = (0, 0);
 my $depth = 0;
 while (1) {
@@ -58,13 +68,17 @@ while (1) {
         # Half a microsecond more: a double cannot hold every microsecond of
         # today's times, and the kernel truncates to the nanosecond.
         ($mtime, $atime) = ($s + ($us + 0.5) / 1e6, $as + ($aus + 0.5) / 1e6);
-        print "\0";
+        say("\0");
     } elsif ($kind eq "C") {
         my ($mode, $size, $name) = split / /, $line, 3;
         safe($name);
         my $fh;
-        sysopen($fh, $name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, oct $mode) or stop("$name: $!");
-        print "\0";
+        # Made here (the usual case, in a staging folder) with its mode
+        # (umask 0): no chmod after, but for setuid and setgid bits, which
+        # the kernel clears when anyone without CAP_FSETID writes.
+        my $fresh = sysopen($fh, $name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, oct $mode);
+        $fresh or sysopen($fh, $name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, oct $mode) or stop("$name: $!");
+        say("\0");
         my $error;
         my $todo = $size;
         while ($todo > 0) {
@@ -83,19 +97,19 @@ while (1) {
         fill(1) or stop("$name: the stream ended early");
         substr($buf, 0, 1, "");  # the source's \0 after the data
         close($fh) or $error //= "$name: $!";
-        chmod(oct $mode, $name) or $error //= "$name: $!";
+        if (!$fresh || oct($mode) & 06000) { chmod(oct $mode, $name) or $error //= "$name: $!" }
         if ($hires) { Time::HiRes::utime($atime, $mtime, $name) } else { utime($atime, $mtime, $name) }
-        print defined $error ? "\x01$error\n" : "\0";
+        say(defined $error ? "\x01$error\n" : "\0");
     } elsif ($kind eq "D") {
         my ($mode, undef, $name) = split / /, $line, 3;
         safe($name);
         mkdir($name, oct $mode) unless -d $name;
         chdir($name) or stop("$name: $!");
         $depth++;
-        print "\0";
+        say("\0");
     } elsif ($kind eq "E") {
-        print "\0";
-        exit 0 if $depth == 0;
+        say("\0");
+        if ($depth == 0) { told(); exit 0 }
         chdir("..") or stop("..: $!");
         $depth--;
     } else {
