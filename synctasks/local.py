@@ -8,12 +8,12 @@ from __future__ import annotations
 import itertools
 import os
 import stat
-from itertools import repeat
-from operator import add, attrgetter, itemgetter, methodcaller, mul
 import subprocess
 import sys
 import threading
 from dataclasses import dataclass
+from itertools import repeat
+from operator import add, attrgetter, itemgetter, methodcaller, mul
 from typing import Iterator
 
 from .backends.hasher import digest as _digest
