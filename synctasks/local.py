@@ -177,11 +177,13 @@ _PARENT = methodcaller("rpartition", "/")
 _SORTABLE = methodcaller("replace", "/", "\x01")
 
 
-def _order(rel: str) -> tuple[str, str]:
-    """The place of an entry in :func:`walk`'s order: by folder (parents
-    first, as tuples of components sort: "/" below any character), then by name."""
-    head, _, name = rel.rpartition("/")
-    return head.replace("/", "\x01"), name
+def _walk_order(rels: list[str]) -> list[int]:
+    """The places of ``rels`` in :func:`walk`'s order: by folder (parents
+    first, as tuples of components sort: "/" below any character), then by
+    name. (A list at a time: 100,000 keys made one by one cost 0.1 s.)"""
+    parts = list(map(_PARENT, rels))
+    keys = list(zip(map(_SORTABLE, map(itemgetter(0), parts)), map(itemgetter(2), parts)))
+    return sorted(range(len(keys)), key=keys.__getitem__)
 
 
 class Found:
@@ -259,8 +261,9 @@ class Found:
 
     def in_order(self, places) -> list[int]:
         """``places`` sorted into walk order."""
-        records = self.records
-        return sorted(places, key=lambda i: _order(_TEXT(records[i].split(b" ", 3)[3])))
+        places = list(places)
+        rels = [_TEXT(fields[3]) for fields in map(_FIELDS, map(self.records.__getitem__, places))]
+        return list(map(places.__getitem__, _walk_order(rels)))
 
     def entries_at(self, places: list[int]) -> list[LocalEntry]:
         """The entries of the records at ``places`` (each made once)."""
@@ -273,9 +276,7 @@ class Found:
     def entries(self) -> list[LocalEntry]:
         """Every entry, root first, in walk order."""
         made = self._make(range(len(self.records)))
-        parts = list(map(_PARENT, map(attrgetter("rel"), made)))  # (as _order, a list at a time)
-        keys = list(zip(map(_SORTABLE, map(itemgetter(0), parts)), map(itemgetter(2), parts)))
-        return [self.top, *map(made.__getitem__, sorted(range(len(keys)), key=keys.__getitem__))]
+        return [self.top, *map(made.__getitem__, _walk_order(list(map(attrgetter("rel"), made))))]
 
     def _make(self, places) -> list[LocalEntry]:
         """The entries of the records at ``places``, made a whole list at a
