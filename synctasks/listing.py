@@ -7,10 +7,10 @@ it and never talks to a host.
 
 from __future__ import annotations
 
-import operator
+import re
 import stat
 from dataclasses import dataclass, field
-from operator import methodcaller
+from itertools import islice
 
 from .constants import STAGING_PREFIX
 
@@ -84,7 +84,9 @@ def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-_R, _RL = methodcaller("startswith", b"R"), methodcaller("startswith", b"Rl")
+#: where a run of plain R records ends: the NUL after which comes anything
+#: but an R record of a kind other than a link's (its target follows it)
+_RUN_END = re.compile(rb"\0(?!R[^l\0])")
 #: how a checksum line starts (a record's tag is upper case)
 _HEX = frozenset(bytes([c]) for c in b"0123456789abcdef")
 
@@ -145,7 +147,7 @@ def parse_listing(data: bytes) -> Listing:
     names: dict[tuple, tuple] = {}
     rows: set[bytes] | None = None  #: the current dest's R records
     anywhere: list[dict[str, RemoteEntry]] | None = None  #: after C
-    plain: list[bool] | None = None  #: per record: an R record but a link's
+    known = [0, 0]  #: a record's place and where it starts in ``data`` (runs are found there)
     i = 0
     while i < len(records):
         record = records[i]
@@ -161,12 +163,16 @@ def parse_listing(data: bytes) -> Listing:
                 continue
             # The bulk of a listing: the run of R records from here up to a
             # link's (its target follows it) or any other record, at once.
-            if plain is None:
-                plain = list(map(operator.gt, map(_R, records), map(_RL, records)))
-            try:
-                end = plain.index(False, i)
-            except ValueError:
+            # (Found in the bytes, at C speed: a check per record in Python,
+            # even map(methodcaller), cost 0.06 s per 100,000.)
+            place, start = known
+            start += sum(map(len, islice(records, place, i - 1))) + (i - 1 - place)
+            stop = _RUN_END.search(data, start)
+            if stop is None:
                 end = len(records)
+            else:
+                end = i + data.count(b"\0", start, stop.start())
+                known[:] = [end, stop.start() + 1]
             rows.update(records[i - 1:end])
             i = end
         elif record[64:66] == b"  " and tag in _HEX and len(record) > 66:  # a checksum line

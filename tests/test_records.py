@@ -259,6 +259,31 @@ def test_runs_of_records_are_taken_whole_up_to_a_link_whose_target_looks_like_on
     assert listing.stale == ["/d/.synctasks-tmp-x"]
 
 
+def test_runs_of_records_between_many_links_and_other_records_are_found_in_place():
+    """Runs are found in the listing's bytes, past every record read one by
+    one before them: hundreds of links (targets that look like records, or
+    are empty) and staging records between short runs, record for record."""
+    import random
+    rng = random.Random(7)
+    items, want, stale = [b"Ttok", b"Hhome", b"Lgnu", b"M/d", b"W1"], set(), []
+    for n in range(600):
+        roll = rng.random()
+        if roll < 0.4:
+            target = rng.choice([b"", b"Rf644 1 1 t%d" % n, b"x"])
+            items += [b"Rl777 0 0 l%d" % n, target]
+            want.add(b"Rl777 0 0 l%d\0" % n + target)
+        elif roll < 0.5:
+            items.append(b"S/d/.synctasks-%d" % n)
+            stale.append("/d/.synctasks-%d" % n)
+        else:
+            for k in range(rng.randrange(1, 4)):
+                items.append(b"Rf%x" % (n * 4 + k))  # short: a start a few bytes off shows
+                want.add(items[-1])
+    listing = parse_listing(b"\0".join(items + [b"Ztok", b""]))
+    assert listing.records["/d"] == want
+    assert listing.stale == stale
+
+
 def test_sum_lines_after_c_are_taken_whole_for_records_dests():
     a, b = "a" * 64, "b" * 64
     data = b"\0".join([b"Ttok", b"Hhome", b"Lgnu", b"M/d", b"W1", b"Rd755 0 0 ", b"Rf644 1 1700000000 x y",
