@@ -162,11 +162,11 @@ def _file_header(send: Send) -> bytes:
                                                send.name.encode("utf-8", "surrogateescape"))
 
 
-def scp_records(scp: ScpStream, new_dirs: list[NewDir], root: str) -> int:
+def scp_records(scp: ScpStream, new_dirs: list[NewDir], root: str, measure: bool = True) -> int:
     """Lay out the SCP stream into staging folder ``root``: ``scp.sends`` is
     sorted (in place) into stream order, folder by folder, and
     ``scp.records`` says where each folder starts. Returns the stream's
-    exact length.
+    exact length (``measure``; else 0: it goes in frames, see send_scp).
 
     The length is known before a byte is sent (a file that cannot be read
     when its turn comes is padded to its announced size and never committed),
@@ -198,7 +198,8 @@ def scp_records(scp: ScpStream, new_dirs: list[NewDir], root: str) -> int:
         total += len(out)
         start = i
         while i < len(sends) and sends[i].stage == stage:
-            total += len(_file_header(sends[i])) + sends[i].local.size + 1
+            if measure:
+                total += len(_file_header(sends[i])) + sends[i].local.size + 1
             scp.expect(FILE)
             i += 1
         scp.records.append((bytes(out), start, i))
@@ -207,7 +208,7 @@ def scp_records(scp: ScpStream, new_dirs: list[NewDir], root: str) -> int:
     out += b"E\n"
     scp.expect(NAV)
     scp.records.append((bytes(out), i, i))
-    return total + len(out)
+    return total + len(out) if measure else 0
 
 
 def _open_regular(path: str) -> tuple[int | None, str | None]:
@@ -224,8 +225,10 @@ def _open_regular(path: str) -> tuple[int | None, str | None]:
 
 
 def send_scp(stream: Stream, scp: ScpStream, progress=None, label: str = "", done: list[int] | None = None,
-             trees: LocalTrees | None = None, cancel=None) -> None:
+             trees: LocalTrees | None = None, cancel=None, framed: bool = False) -> None:
     """Write the whole SCP stream; the sink's answers are read at the end.
+    ``framed``: in frames, each 8 hex digits of length and that many bytes
+    (for the perl sink told no length).
 
     The script keeps the sink's answers in a file until the sink exits: one
     read instead of thousands of one-byte packets, each costing a round of
@@ -239,7 +242,9 @@ def send_scp(stream: Stream, scp: ScpStream, progress=None, label: str = "", don
     done = done if done is not None else [0, 0]  # files, bytes: counted on across calls
 
     def send(data) -> None:
-        if not stream.send(data):
+        if not data:
+            return  # (an empty frame ends a framed stream)
+        if not ((not framed or stream.send(b"%08x" % len(data))) and stream.send(data)):
             raise RemoteError(stream.failure("the connection stalled or closed while sending"),
                               host=stream.label, transient=True)
 

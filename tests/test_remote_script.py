@@ -204,6 +204,43 @@ def test_perl_sink_answers_every_record_and_says_why_it_stopped(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_perl_sink_takes_a_stream_in_frames_and_reads_no_further(tmp_path):
+    """Told no length, the perl sink reads its stream in frames (8 hex
+    digits of length, then the bytes), cut anywhere, records and data
+    alike; after the last it reads nothing more: the next operation runs.
+    A frame header that is not one ends the stream there."""
+    dest = tmp_path / "d"
+    dest.mkdir()
+    stream = (b"D0755 0 sub\nT1600000000 0 1600000000 0\nC0640 11 a\nhello world\0E\n"
+              b"T1600000001 0 1600000001 0\nC0600 3 b\nxyz\0E\n")
+    cuts = [0, 3, 17, 41, 45, 46, 60, len(stream)]  # inside a record, inside data, between records
+    frames = b"".join(b"%08x" % (end - start) + stream[start:end] for start, end in zip(cuts, cuts[1:]))
+
+    def build(ops):
+        ops.scp((str(dest), ""), 0, staged=False, sink=PERL_SINK)
+        ops.parts.append(frames)
+        ops.mkdirs((str(dest), ""), ["after"])
+
+    answers = run_ops((["/bin/sh"], os.environ["PATH"]), build)
+    assert [a[:2] for a in answers] == [("scp", 0), ("mkdirs", 0), ("q", 0)], answers
+    assert answers[0][2] == "\0" * 10  # ready, D, T C data, E, T C data, E
+    assert (dest / "sub/a").read_bytes() == b"hello world" and (dest / "b").read_bytes() == b"xyz"
+    assert (dest / "sub/a").stat().st_mode & 0o777 == 0o640 and (dest / "b").stat().st_mtime_ns // 1000 == 1600000001 * 10**6
+    assert (dest / "after").is_dir()
+
+    other = tmp_path / "e"
+    other.mkdir()
+
+    def broken(ops):
+        ops.scp((str(other), ""), 0, staged=False, sink=PERL_SINK)
+        # (perl's hex() would take "0x..." for a length: the rest of a good stream)
+        ops.parts.append(b"%08x" % 20 + stream[:20] + b"0x%06x" % (len(stream) - 20) + stream[20:])
+
+    answers = run_ops((["/bin/sh"], os.environ["PATH"]), broken)
+    assert answers[0][:2] == ("scp", 1), answers
+    assert (other / "sub").is_dir() and not (other / "sub/a").exists() and not (other / "b").exists()
+
+
 @pytest.mark.parametrize("perl", [True, False])
 def test_head_is_probed_only_for_the_scp_sink(tmp_path, perl):
     """GNU head keeps `scp -t` to its stream: the script asks which head the

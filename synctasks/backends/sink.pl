@@ -1,12 +1,16 @@
 # synctasks' SCP sink in perl, for hosts that have perl: the records and the
 # answers of `scp -t` (T, C, D, E; one answer per record), but reading its
-# stream in big blocks. It is told the stream's exact length, so it never
-# reads past it (the script's next operation follows on the same stdin).
+# stream in big blocks. It never reads past its stream (the script's next
+# operation follows on the same stdin): it is told the stream's exact
+# length, or 0: the stream comes in frames, each 8 hex digits of length and
+# that many bytes, sent as they are made (no pass over every file to
+# measure the stream before its first byte: 0.3 s per 100,000 files).
 # Runs in the folder the script entered; names may not leave it.
 use strict;
 use warnings;
 use Fcntl qw(O_WRONLY O_CREAT O_TRUNC O_NOFOLLOW O_EXCL);
 my $left = shift @ARGV;
+my $framed = !$left;
 my $buf = "";
 my $hires = eval { require Time::HiRes; 1 };
 $| = 1;
@@ -27,10 +31,20 @@ fcntl(STDIN, 1031, 1048576);
 my $said = "";
 sub say { $said .= $_[0] }
 sub told { syswrite(STDOUT, $said) if length $said; $said = "" }
+# the next frame's length (0: the stream ended)
+sub frame {
+    my $head = "";
+    while (length($head) < 8) {
+        my $got = sysread(STDIN, $head, 8 - length($head), length($head));
+        last unless $got;
+    }
+    $framed = 0 unless $head =~ /^[0-9a-f]{8}$/ && hex($head) > 0;
+    return $framed ? hex($head) : 0;
+}
 sub fill {
     my ($want) = @_;
     told() if length($buf) < $want;
-    while (length($buf) < $want && $left > 0) {
+    while (length($buf) < $want && ($left > 0 || ($framed && ($left = frame()) > 0))) {
         my $got = sysread(STDIN, $buf, $left < 4194304 ? $left : 4194304, length($buf));
         if (!$got) { $left = 0; last }
         $left -= $got;
@@ -57,7 +71,7 @@ my $depth = 0;
 while (1) {
     my $nl = index($buf, "\n");
     while ($nl < 0) {
-        exit 1 unless $left > 0 && fill(length($buf) + 1);
+        exit 1 unless fill(length($buf) + 1);
         $nl = index($buf, "\n");
     }
     my $line = substr($buf, 0, $nl + 1, "");
