@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import stat
 from dataclasses import dataclass, field
-from itertools import islice
 
 from .constants import STAGING_PREFIX
 
@@ -166,7 +165,7 @@ def parse_listing(data: bytes) -> Listing:
             # (Found in the bytes, at C speed: a check per record in Python,
             # even map(methodcaller), cost 0.06 s per 100,000.)
             place, start = known
-            start += sum(map(len, islice(records, place, i - 1))) + (i - 1 - place)
+            start += sum(map(len, records[place:i - 1])) + (i - 1 - place)
             stop = _RUN_END.search(data, start)
             if stop is None:
                 end = len(records)

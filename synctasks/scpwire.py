@@ -6,7 +6,6 @@ Nothing here knows about hosts or plans beyond the Send/NewDir records.
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import stat
@@ -211,6 +210,37 @@ def scp_records(scp: ScpStream, new_dirs: list[NewDir], root: str, measure: bool
     return total + len(out) if measure else 0
 
 
+def _read_small(path: str, size: int, mtime_ns: int) -> tuple[bytes, str | None]:
+    """(the whole of a file of ``size`` <= CHUNK bytes, None), or (zeros,
+    why not): it cannot be opened or read, it is no longer a regular file
+    (never waits: a FIFO swapped in gives nothing), or it changed since the
+    walk. One open, read, fstat and close (the general path costs two
+    fstats and a call more per file: 100,000 files, ~0.4 s)."""
+    try:
+        fd = os.open(path, _READ)
+    except OSError as exc:
+        return bytes(size), f"cannot read {path}: {exc.strerror}"
+    unread = None
+    try:
+        try:
+            data = _read_exactly(fd, size) if size else b""
+        except OSError as exc:
+            data, unread = None, exc.strerror
+        info = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(info.st_mode):
+        return bytes(size), f"{path} is no longer a regular file: run the sync again"
+    if unread:
+        return bytes(size), f"cannot read {path}: {unread}"
+    if data is None or info.st_size != size or info.st_mtime_ns != mtime_ns:
+        return bytes(size), "the file changed while it was sent: run the sync again"
+    return data, None
+
+
+_READ = os.O_RDONLY | os.O_NONBLOCK
+
+
 def _open_regular(path: str) -> tuple[int | None, str | None]:
     """(fd, None) for a regular file, or (None, why not). Never blocks: a
     file swapped for a FIFO since the walk must not hang the run."""
@@ -269,7 +299,7 @@ def send_scp(stream: Stream, scp: ScpStream, progress=None, label: str = "", don
     failed = scp.failed
     for navigation, start, end in scp.records:
         out += navigation
-        for send_item in itertools.islice(scp.sends, start, end):
+        for send_item in scp.sends[start:end]:  # (islice would step over the first `start` again: n^2)
             if cancel is not None:
                 cancel()  # raises to stop between files
             out += _file_header(send_item)
@@ -281,8 +311,18 @@ def send_scp(stream: Stream, scp: ScpStream, progress=None, label: str = "", don
                     out += known + b"\0"  # read for another host already
                     sent(size)
                     continue
+            if size <= CHUNK:
+                chunk, problem = _read_small(path, size, entry.mtime_ns)
+                if problem:
+                    failed.setdefault(id(send_item), problem)
+                elif keep and size <= BLOB_MAX:
+                    trees.remember(path, chunk)
+                out += chunk
+                out += b"\0"
+                sent(size)
+                continue
             remaining = size
-            chunk = b""  # small files come in one chunk: kept for the other hosts
+            chunk = b""
             fd, problem = _open_regular(path)
             if problem:
                 failed[id(send_item)] = problem
@@ -314,8 +354,6 @@ def send_scp(stream: Stream, scp: ScpStream, progress=None, label: str = "", don
                         # Written to while we read it: what we sent may mix
                         # old and new. Never commit it; the next run sends it.
                         failed.setdefault(id(send_item), "the file changed while it was sent: run the sync again")
-                    elif keep and size <= BLOB_MAX and id(send_item) not in failed:
-                        trees.remember(path, chunk if size else b"")
             finally:
                 if fd is not None:
                     os.close(fd)

@@ -112,6 +112,37 @@ def test_file_written_during_the_send_is_not_committed(project, server, remote, 
     assert again.ok and (remote / "log.txt").read_text() == growing.read_text()
 
 
+
+def test_file_swapped_for_a_fifo_before_the_send_fails_alone_without_waiting(project, server, remote, tmp_path):
+    """A small file swapped for a FIFO between the walk and its turn: read
+    without waiting (no writer, or one that writes nothing), named, never
+    committed; the files beside it land."""
+    from fabric import Connection
+
+    from synctasks import sync_host
+    from synctasks.connection import apply_host_key_policy
+
+    swapped = project.file("data/a.txt", "to be swapped\n")
+    project.file("data/b.txt", "stays\n")
+
+    class Swapper:
+        def planned(self, host, files, total):
+            os.remove(swapped)
+            os.mkfifo(swapped)
+
+        def __call__(self, *args):
+            pass
+
+    known = server.write_known_hosts(tmp_path / "known_hosts")
+    c = apply_host_key_policy(Connection(MAIN_HOSTS[0], user=server.user, port=server.port,
+                                         connect_kwargs={"key_filename": [str(server.client_key)]}),
+                              "strict", known)
+    with c:
+        result = sync_host(c, [{"src": str(swapped.parent), "dest": f"{remote}/data"}], progress=Swapper(),
+                           warn=True)
+    assert result.failed == 1 and "a.txt is no longer a regular file" in result.first_error
+    assert not (remote / "data/a.txt").exists() and (remote / "data/b.txt").read_text() == "stays\n"
+
 def test_read_only_new_folder_and_old_mtime(project, server, remote):
     project.file("site/ro/inside.txt", "x")
     os.chmod(project.root / "site/ro", 0o555)
