@@ -126,7 +126,13 @@ class _CollectorPaused:
 
     def __exit__(self, *exc) -> None:
         if self._was_on:
+            # What the run made is set aside first, then handed back as the
+            # oldest generation: enabled as it was, the collector's next pass
+            # went over every object made meanwhile (0.1-0.2 s at the end
+            # of a 100,000-file first sync, on the way out).
+            gc.freeze()
             gc.enable()
+            gc.unfreeze()
 
 
 def _load(config: str | None, overrides: dict | None = None) -> Inventory:

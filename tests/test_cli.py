@@ -142,11 +142,12 @@ def test_sync_runs_with_the_collector_off_but_as_each_waiting_host_starts(projec
 
     from synctasks import runner
 
-    seen, collections = [], []
+    seen, collections, made = [], [], []
     real, real_collect = runner.sync_inventory, gc.collect
 
     def recording(**kwargs):
         seen.append(gc.isenabled())
+        made.append([object()])  # made during the run, as its entries and records are
         return real(**kwargs)
 
     monkeypatch.setattr(runner, "sync_inventory", recording)
@@ -155,6 +156,9 @@ def test_sync_runs_with_the_collector_off_but_as_each_waiting_host_starts(projec
     assert gc.isenabled()
     status, _, _ = project.run("--quiet", capsys=capsys)
     assert status == 0 and seen == [False] and gc.isenabled() and collections == []  # one host: none
+    # What the run made went back as the oldest generation (no pass of the
+    # collector over all of it on the way out), and nothing stays frozen.
+    assert any(o is made[0] for o in gc.get_objects(generation=2)) and gc.get_freeze_count() == 0
     # Three hosts, all at once: none either.
     for host in MAIN_HOSTS[1:]:
         project.add_host(server, host, [{"src": "site", "dest": f"{remote}/www-{host}"}])
