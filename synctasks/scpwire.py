@@ -322,7 +322,6 @@ def send_scp(stream: Stream, scp: ScpStream, progress=None, label: str = "", don
                 sent(size)
                 continue
             remaining = size
-            chunk = b""
             fd, problem = _open_regular(path)
             if problem:
                 failed[id(send_item)] = problem

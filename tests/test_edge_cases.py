@@ -84,61 +84,64 @@ def test_unreadable_local_folder_protects_its_remote_copy(tmp_path, monkeypatch)
     assert any("nothing below it is deleted" in w for w in warnings)
 
 
-def test_file_written_during_the_send_is_not_committed(project, server, remote, tmp_path):
+def _connection(server, tmp_path):
+    """A Fabric Connection to the first test host, its key checked."""
     from fabric import Connection
 
-    from synctasks import sync_host
     from synctasks.connection import apply_host_key_policy
+
+    known = server.write_known_hosts(tmp_path / "known_hosts")
+    return apply_host_key_policy(Connection(MAIN_HOSTS[0], user=server.user, port=server.port,
+                                            connect_kwargs={"key_filename": [str(server.client_key)]}),
+                                 "strict", known)
+
+
+class _OnPlanned:
+    """Progress that runs ``then`` once the host's plan is made (before any file is sent)."""
+
+    def __init__(self, then):
+        self.then = then
+
+    def planned(self, host, files, total):
+        self.then()
+
+    def __call__(self, *args):
+        pass
+
+
+def test_file_written_during_the_send_is_not_committed(project, server, remote, tmp_path):
+    from synctasks import sync_host
 
     growing = project.file("data/log.txt", "first line\n")
 
-    class Appender:
-        def planned(self, host, files, total):
-            with open(growing, "a") as handle:
-                handle.write("written while syncing\n")
+    def append():
+        with open(growing, "a") as handle:
+            handle.write("written while syncing\n")
 
-        def __call__(self, *args):
-            pass
-
-    known = server.write_known_hosts(tmp_path / "known_hosts")
-    c = apply_host_key_policy(Connection(MAIN_HOSTS[0], user=server.user, port=server.port,
-                                         connect_kwargs={"key_filename": [str(server.client_key)]}),
-                              "strict", known)
-    with c:
-        result = sync_host(c, [{"src": str(growing), "dest": f"{remote}/log.txt"}], progress=Appender(), warn=True)
+    with _connection(server, tmp_path) as c:
+        result = sync_host(c, [{"src": str(growing), "dest": f"{remote}/log.txt"}], progress=_OnPlanned(append),
+                           warn=True)
         assert result.failed == 1 and "changed while it was sent" in result.first_error
         assert not (remote / "log.txt").exists()
         again = sync_host(c, [{"src": str(growing), "dest": f"{remote}/log.txt"}])
     assert again.ok and (remote / "log.txt").read_text() == growing.read_text()
 
 
-
 def test_file_swapped_for_a_fifo_before_the_send_fails_alone_without_waiting(project, server, remote, tmp_path):
     """A small file swapped for a FIFO between the walk and its turn: read
     without waiting (no writer, or one that writes nothing), named, never
     committed; the files beside it land."""
-    from fabric import Connection
-
     from synctasks import sync_host
-    from synctasks.connection import apply_host_key_policy
 
     swapped = project.file("data/a.txt", "to be swapped\n")
     project.file("data/b.txt", "stays\n")
 
-    class Swapper:
-        def planned(self, host, files, total):
-            os.remove(swapped)
-            os.mkfifo(swapped)
+    def swap():
+        os.remove(swapped)
+        os.mkfifo(swapped)
 
-        def __call__(self, *args):
-            pass
-
-    known = server.write_known_hosts(tmp_path / "known_hosts")
-    c = apply_host_key_policy(Connection(MAIN_HOSTS[0], user=server.user, port=server.port,
-                                         connect_kwargs={"key_filename": [str(server.client_key)]}),
-                              "strict", known)
-    with c:
-        result = sync_host(c, [{"src": str(swapped.parent), "dest": f"{remote}/data"}], progress=Swapper(),
+    with _connection(server, tmp_path) as c:
+        result = sync_host(c, [{"src": str(swapped.parent), "dest": f"{remote}/data"}], progress=_OnPlanned(swap),
                            warn=True)
     assert result.failed == 1 and "a.txt is no longer a regular file" in result.first_error
     assert not (remote / "data/a.txt").exists() and (remote / "data/b.txt").read_text() == "stays\n"
