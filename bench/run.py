@@ -639,8 +639,6 @@ def print_table(rows: list[Row]) -> None:
         if r.unit == "MiB":
             lines.append((r.case, r.tool, spread(r.ours, "MiB"), "-", "-", "-",
                           f"<= {r.target} MiB" if r.target else "-", r.verdict))
-        elif not r.theirs:
-            lines.append((r.case, r.tool, spread(r.ours), "-", "-", "-", "-", r.verdict))
         else:
             lines.append((r.case, r.tool, spread(r.ours), r.reference, spread(r.theirs), f"{r.ratio:.2f}",
                           f"<= {r.target}" if r.target is not None else "-", r.verdict))
