@@ -219,13 +219,17 @@ class Found:
         # matches nothing, and the file is compared in full)
         return self.sum_lines.replace(here, there).split(b"\0")[:-1]
 
+    def file_rels(self) -> tuple[list[bytes], list[bytes]]:
+        """The records of the files, and their paths below the root (bytes)."""
+        files = [r for r in self.records if r[1] == 102]
+        return files, list(map(itemgetter(3), map(_FIELDS, files)))
+
     def place_of(self, rel: bytes) -> int | None:
         """The place of the record of the file at ``rel`` (bytes, below the root)."""
         with self._lock:
             if self._rels is None:
-                files = [r for r in self.records if r[1] == 102]
-                self._rels = dict(zip(map(itemgetter(3), map(_FIELDS, files)),
-                                      map(self.index().__getitem__, files)))
+                files, rels = self.file_rels()
+                self._rels = dict(zip(rels, map(self.index().__getitem__, files)))
         return self._rels.get(rel)
 
     def digest(self, path: str) -> str | None:
@@ -239,7 +243,7 @@ class Found:
     def folders(self, prefix: str, besides: list[int]) -> list[str]:
         """``prefix`` + the path of every folder but those at ``besides``."""
         skip = set(besides)
-        return [prefix + record.split(b" ", 3)[3].decode("utf-8", "surrogateescape")
+        return [prefix + _TEXT(_FIELDS(record)[3])
                 for i, record in enumerate(self.records) if record[1] == 100 and i not in skip]
 
     def index(self) -> dict[bytes, int]:
@@ -322,7 +326,7 @@ def hash_tree(found: Found) -> bytes | None:
     """The hasher's lines for every file of ``found``, or None if any file
     went without a sum (the Python walk then says why)."""
     prefix = _prefix(found.root)
-    paths = [prefix + rel for rel in map(itemgetter(3), map(_FIELDS, (r for r in found.records if r[1] == 102)))]
+    paths = [prefix + rel for rel in found.file_rels()[1]]
     if len(paths) < HASH_APART:
         try:
             return b"".join(b"%s  %s\0" % (sha256_file(path).encode(), path) for path in paths)
@@ -526,7 +530,7 @@ class LocalTrees:
         planning goes: dests differ from host to host."""
         self.get(mapping)
         slot = self._slot(mapping)
-        prefix = (dest if dest.endswith("/") else dest + "/").encode("utf-8", "surrogateescape")
+        prefix = _prefix(dest)
         whole = dest.encode("utf-8", "surrogateescape")
         for entry, digest in zip(slot.entries, slot.sums or itertools.repeat(None)):
             if digest is None:
