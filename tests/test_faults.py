@@ -16,6 +16,7 @@ import pytest
 from conftest import MAIN_HOSTS, give, tree_state
 
 from synctasks import runner
+from synctasks.backends import shell
 from synctasks.connection import EarlyConnections
 from synctasks.constants import STAGING_PREFIX
 from synctasks.errors import InputError
@@ -249,3 +250,39 @@ def test_sixteen_hosts_a_thousand_files_each(project, server_root, client_key, r
     info = (project.root / "logs/info.log").read_text()
     for address in addresses:
         assert f"[{address}] synctasks: done: 1000 sent" in info
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["streams-sent-at-once", "streams-wait"])
+def test_folder_that_takes_no_staging_fails_its_mapping_only(project, server, remote, capsys, big):
+    """A folder below dest where the staging folder cannot be made (root's):
+    that mapping fails, named, with nothing of it moved; the other mapping
+    lands; the next run, once the folder is writable, converges and leaves
+    nothing temporary behind. Small transfers are sent before the staging
+    folders' answers are read (the script refuses them, and they go again);
+    big ones wait for them (shell.PIPELINE_MAX)."""
+    project.file("site/a.txt", "a1")
+    project.file("site/sub/b.txt", "b1")
+    project.file("other/c.txt", "c1")
+    mappings = [{"src": "site", "dest": f"{remote}/site"}, {"src": "other", "dest": f"{remote}/other"}]
+    project.add_host(server, MAIN_HOSTS[0], mappings)
+    assert project.run()[0] == 0
+    for name, text in (("site/a.txt", "a22"), ("site/sub/b.txt", "b22"), ("other/c.txt", "c22")):
+        project.file(name, text)
+    if big:
+        project.file("other/big.bin", os.urandom(shell.PIPELINE_MAX + 1))
+    sub = remote / "site/sub"
+    owner = sub.stat().st_uid
+    os.chown(sub, 0, 0)
+    status, out, _ = project.run(capsys=capsys)
+    assert status == 1
+    assert (remote / "other/c.txt").read_text() == "c22"
+    if big:
+        assert (remote / "other/big.bin").read_bytes() == (project.root / "other/big.bin").read_bytes()
+    assert (remote / "site/a.txt").read_text() == "a1"
+    assert (sub / "b.txt").read_text() == "b1"
+    assert f"cannot write into {sub}: Permission denied" in out, out
+    os.chown(sub, owner, owner)
+    assert project.run()[0] == 0
+    assert (remote / "site/a.txt").read_text() == "a22"
+    assert (sub / "b.txt").read_text() == "b22"
+    assert leftovers(remote) == []

@@ -242,6 +242,29 @@ def test_perl_sink_takes_a_stream_in_frames_and_reads_no_further(tmp_path):
 
 
 @pytest.mark.parametrize("perl", [True, False])
+def test_a_folder_not_made_refuses_every_later_stream(shell, tmp_path, perl):
+    """The client sends its streams right behind the ops that make the
+    staging folders, before it reads their answers: once one of them failed
+    (here a name already taken), the script writes nothing more of any
+    stream, even into a folder it could enter, and swallows the rest."""
+    dest = tmp_path / "d"
+    (dest / "taken").mkdir(parents=True)
+    stream = b"T1600000000 0 1600000000 0\nC0640 5 a\nhello\0E\n"
+
+    def build(ops):
+        ops.mkdirs((str(dest), ""), ["fresh"])
+        ops.mkdirs((str(dest), ""), ["taken"])
+        ops.scp((str(dest), ""), len(stream), staged=False, sink=PERL_SINK if perl else b"")
+        ops.parts.append(stream)
+        ops.mkdirs((str(dest), ""), ["after"])
+
+    answers = run_ops(shell, build)
+    assert [a[:2] for a in answers] == [("mkdirs", 0), ("mkdirs", 1), ("scp", 1)], answers
+    assert (dest / "fresh").is_dir()
+    assert not (dest / "a").exists() and not (dest / "after").exists()
+
+
+@pytest.mark.parametrize("perl", [True, False])
 def test_head_is_probed_only_for_the_scp_sink(tmp_path, perl):
     """GNU head keeps `scp -t` to its stream: the script asks which head the
     host has only when scp -t is the sink (with perl, ours reads exactly its

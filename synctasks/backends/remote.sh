@@ -55,7 +55,10 @@ export P node
 # code's length, read from stdin exactly (the stream or names follow).
 LOAD='$l = shift; $c = ""; while (length($c) < $l) {
   last unless sysread(STDIN, $c, $l - length($c), length($c)) } eval $c; die $@ if $@'
-mark() { printf '\n@@%s@@ %s %s\n' "$t" "$1" "$2"; }
+# A folder that could not be made (mkparent, mkstage, mkdirs, perl mkdir)
+# sets pf: every later stream is refused (the client sent it before it read
+# that answer; it sends it again, without that mapping, on a new channel).
+mark() { case $1 in mk*) [ "$2" = 0 ] || pf=1 ;; esac; printf '\n@@%s@@ %s %s\n' "$t" "$1" "$2"; }
 # enter TOP DIR: cd into TOP/DIR without following a symlink below TOP (TOP
 # itself is the user's dest or above it: trusted as given). cd -P sets PWD to
 # the physical path, so a component swapped for a link shows as a mismatch.
@@ -231,7 +234,7 @@ while IFS= read -r line; do
   scp) IFS= read -r where; IFS= read -r top; IFS= read -r dir; IFS= read -r size; IFS= read -r cl
     case $size/$cl in *[!0-9/]*|/*|*/) mark bad 3; exit 3 ;; esac
     if [ "$where" = stage ]; then into=stage; else into=enter; fi
-    if ! $into "$top" "$dir" 2>&1; then
+    if [ -n "$pf" ] || ! $into "$top" "$dir" 2>&1; then
       # Nothing may be written: refuse the stream and swallow it.
       mark scp "1 9"; exec cat >/dev/null
     fi

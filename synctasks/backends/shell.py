@@ -65,6 +65,11 @@ SUDO_REFUSALS = ("try again", "incorrect password", "not in the sudoers", "not a
                  "a password is required", "no tty present", "a terminal is required")
 #: Bytes of error output kept at most before one marker.
 MAX_OP_OUTPUT = 16 << 20
+#: Up to this many bytes of files, the streams follow the staging folders'
+#: ops at once, before their answers (a round trip and a wait less: 25 ms
+#: of 0.9 s for 2,000 files in 2,000 folders). If a folder could not be
+#: made, the script refuses them and they go again: larger ones wait.
+PIPELINE_MAX = 16 << 20
 
 
 class NoShell(RemoteError):
@@ -417,6 +422,10 @@ class ShellRun:
         self.token = plan.token
         self.staging = staging_name(plan.token)
         self.markers = Markers(stream, self.token)
+        #: the mappings whose folders could be made (all, until prepare's answers say otherwise)
+        self.live: list[MappingPlan] = plan.mappings
+        #: prepare's ops, whose answers are still to be read (see :meth:`prepared`)
+        self._owners: list[tuple[MappingPlan | None, str]] | None = None
         #: existing remote folder -> the dest of the mapping it belongs to
         self.anchor: dict[str, str] = {}
         #: existing remote folder -> the folder its SCP stream starts from
@@ -460,9 +469,10 @@ class ShellRun:
             raise Interrupted("stopped: files in flight were abandoned (never committed)", host=self.label)
 
     # -- 1. prepare -----------------------------------------------------
-    def prepare(self) -> list[MappingPlan]:
-        """Clear leftovers of cut runs, make missing parents and this run's
-        staging folders; a mapping whose folders cannot be made fails alone."""
+    def prepare(self) -> None:
+        """Send the ops that clear leftovers of cut runs and make missing
+        parents and this run's staging folders; :meth:`prepared` reads how
+        they went."""
         ops = Ops(self.token)
         if self.plan.stale:
             self.log.info("removing %d temporary folder(s) left by an earlier cut run", len(self.plan.stale))
@@ -498,6 +508,13 @@ class ShellRun:
                     ops.mkdirs(self.where(root), names)
                 owners.append((mapping_plan, root))
         self.send_ops(ops)
+        self._owners = owners
+
+    def prepared(self) -> bool:
+        """Read prepare's answers (once); a mapping whose folders cannot be
+        made fails alone, and leaves :attr:`live`. False then: the script
+        refuses every later stream (see remote.sh's ``mark``)."""
+        owners, self._owners = self._owners or [], None
         broken: dict[int, str] = {}
         for owner, base in owners:
             before, op, status = self.markers.next()
@@ -509,7 +526,17 @@ class ShellRun:
                 broken[id(owner)] = _prep_reason(_message(before), base)
                 self.log.error("%s: %s", owner.mapping.dest, broken[id(owner)])
                 owner.fail(broken[id(owner)])
-        return [p for p in self.plan.mappings if id(p) not in broken]
+        if broken:
+            self.live = [p for p in self.live if id(p) not in broken]
+        return not broken
+
+    def reopen(self) -> Stream:
+        """Go on in a new script (the old channel's is swallowing or
+        refusing); returns the old channel's stream, to close at the end."""
+        old = self.stream
+        self.stream = open_script(self.target, "ops", self.mappings, self.token)
+        self.markers = Markers(self.stream, self.token)
+        return old
 
     def send_ops(self, ops: Ops) -> None:
         if not self.stream.send(ops.take()):
@@ -517,12 +544,40 @@ class ShellRun:
                               host=self.label, transient=True)
 
     # -- 2. transfer ----------------------------------------------------
-    def transfer(self, sends: list[Send], new_dirs: list[NewDir], failed: dict[int, str],
-                 careful: set[str]) -> list[Stream]:
-        """One SCP sink per staging folder, streams sent back to back (no
-        wait per file). After a sink stopped early, the script only swallows
-        what is left of its input: the rest goes on a new channel. Returns
-        the channels to close at the end."""
+    def transfer(self, failed: dict[int, str], careful: set[str]) -> list[Stream]:
+        """The files and new folders of the live mappings: one SCP sink per
+        staging folder, streams sent back to back (no wait per file). After
+        a sink stopped early, the script only swallows what is left of its
+        input: the rest goes on a new channel. Returns the channels to close
+        at the end."""
+        sends, new_dirs = self.items()
+        if not sends and not new_dirs:
+            return []
+        size = sum(s.local.size for s in sends)
+        swallowing: list[Stream] = []
+        if size > PIPELINE_MAX and not self.prepared():
+            swallowing.append(self.reopen())
+            sends, new_dirs = self.items()
+        planned = getattr(self.options.progress, "planned", None)
+        if planned:
+            planned(self.label, len(sends), size)
+        groups = self.groups_of(sends, new_dirs)
+        done = [0, 0]
+        while groups:
+            stopped, groups = self._send_groups(groups, failed, careful, done)
+            if stopped:
+                swallowing.append(self.reopen())
+            if groups is None:  # refused: a mapping's folders could not be made
+                done[:] = [0, 0]
+                groups = self.groups_of(*self.items())
+        return swallowing
+
+    def items(self) -> tuple[list[Send], list[NewDir]]:
+        """The files and the new folders of the live mappings."""
+        return _joined([p.sends for p in self.live]), _joined([p.new_dirs for p in self.live])
+
+    def groups_of(self, sends: list[Send], new_dirs: list[NewDir]) -> dict[str, tuple[list[Send], list[NewDir]]]:
+        """The files and new folders of each SCP stream, by the folder it starts from."""
         groups: dict[str, tuple[list[Send], list[NewDir]]] = {}
         roots = {self.root[base] for base in {s.base for s in sends} | {d.base for d in new_dirs}}
         if len(roots) == 1:  # one stream: its files are the list itself (a copy is 8 B per file per host)
@@ -532,18 +587,7 @@ class ShellRun:
                 groups.setdefault(self.root[send.base], ([], []))[0].append(send)
             for new_dir in new_dirs:
                 groups.setdefault(self.root[new_dir.base], ([], []))[1].append(new_dir)
-        planned = getattr(self.options.progress, "planned", None)
-        if planned:
-            planned(self.label, len(sends), sum(s.local.size for s in sends))
-        swallowing: list[Stream] = []
-        done = [0, 0]
-        while groups:
-            stopped, groups = self._send_groups(groups, failed, careful, done)
-            if stopped:
-                swallowing.append(self.stream)
-                self.stream = open_script(self.target, "ops", self.mappings, self.token)
-                self.markers = Markers(self.stream, self.token)
-        return swallowing
+        return groups
 
     def _send_groups(self, groups, failed, careful, done):
         streams = []
@@ -563,6 +607,8 @@ class ShellRun:
             send_scp(self.stream, scp, self.options.progress, self.label, done, self.trees, cancel=self.check_cancel,
                      framed=bool(self.sink))
             streams.append((base, scp))
+        if not self.prepared():
+            return True, None  # the script refused these streams
         for index, (base, scp) in enumerate(streams):
             read_scp_answers(self.stream, scp)
             _, _, statuses = self.markers.next_all()
@@ -777,17 +823,17 @@ def apply(target: Target, stream: Stream, plan: HostPlan, mappings: list[Mapping
     """Prepare, transfer, commit (see the module docstring)."""
     run = ShellRun(target, stream, plan, mappings, options, trees, perl)
     run.check_cancel()
-    live = run.prepare()
-    sends = _joined([p.sends for p in live])
-    links = _joined([p.links for p in live])
-    new_dirs = _joined([p.new_dirs for p in live])
+    run.prepare()
     failed: dict[int, str] = {}
     #: staging folders whose transfer went wrong: commit only what is known good
     careful: set[str] = set()
     swallowing: list[Stream] = []
     try:
-        if sends or new_dirs:
-            swallowing = run.transfer(sends, new_dirs, failed, careful)
+        swallowing = run.transfer(failed, careful)
+        run.prepared()  # (read already, unless nothing was sent)
+        live = run.live
+        sends, _ = run.items()
+        links = _joined([p.links for p in live])
         for send in sends:
             if id(send) in failed:
                 failed[id(send)] = _staging_free(failed[id(send)], send)

@@ -98,15 +98,15 @@ while (1) {
         while ($todo > 0) {
             fill(1) or stop("$name: the stream ended early");
             my $take = $todo < length($buf) ? $todo : length($buf);
-            my $part = substr($buf, 0, $take, "");
             $todo -= $take;
-            next if $error;
+            # written from the buffer itself (no copy), then dropped from it
             my $off = 0;
-            while ($off < length($part)) {
-                my $wrote = syswrite($fh, $part, length($part) - $off, $off);
+            while (!$error && $off < $take) {
+                my $wrote = syswrite($fh, $buf, $take - $off, $off);
                 if (!defined $wrote) { $error = "$name: $!"; last }
                 $off += $wrote;
             }
+            substr($buf, 0, $take, "");
         }
         fill(1) or stop("$name: the stream ended early");
         substr($buf, 0, 1, "");  # the source's \0 after the data
@@ -117,8 +117,8 @@ while (1) {
     } elsif ($kind eq "D") {
         my ($mode, undef, $name) = split / /, $line, 3;
         safe($name);
-        mkdir($name, oct $mode) unless -d $name;
-        chdir($name) or stop("$name: $!");
+        # (entered first: the folder mostly exists, and a stat each cost more)
+        chdir($name) or (mkdir($name, oct $mode) && chdir($name)) or stop("$name: $!");
         $depth++;
         say("\0");
     } elsif ($kind eq "E") {
