@@ -424,6 +424,8 @@ class ShellRun:
         self.markers = Markers(stream, self.token)
         #: the mappings whose folders could be made (all, until prepare's answers say otherwise)
         self.live: list[MappingPlan] = plan.mappings
+        #: the commit's ops as :meth:`commit_ops` makes them, made while the sinks wrote
+        self.ahead: tuple[bytes, list[tuple]] | None = None
         #: prepare's ops, whose answers are still to be read (see :meth:`prepared`)
         self._owners: list[tuple[MappingPlan | None, str]] | None = None
         #: existing remote folder -> the dest of the mapping it belongs to
@@ -609,6 +611,12 @@ class ShellRun:
             streams.append((base, scp))
         if not self.prepared():
             return True, None  # the script refused these streams
+        if self.ahead is None and not failed and not careful:
+            # The sinks are still writing: make the commit meanwhile, as it
+            # is when nothing fails (25 ms of 0.9 s for 2,000 files sent).
+            # (prepare's answers are in: the live mappings are final)
+            live = self.live
+            self.ahead = self.commit_ops(live, self.items()[0], _joined([p.links for p in live]), {}, set())
         for index, (base, scp) in enumerate(streams):
             read_scp_answers(self.stream, scp)
             _, _, statuses = self.markers.next_all()
@@ -627,15 +635,28 @@ class ShellRun:
     # -- 3. commit ------------------------------------------------------
     def commit(self, live: list[MappingPlan], sends: list[Send], links: list[Send], failed: dict[int, str],
                careful: set[str]) -> None:
-        """Make links, move what arrived into place by name, delete, remove
-        the staging folders, then chmod, chown and touch.
+        """Send the commit's ops (made while the sinks wrote, when nothing
+        failed: see :meth:`_send_groups`) and read how each went."""
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None and not failed and not careful:
+            payload, meaning = ahead
+        else:
+            payload, meaning = self.commit_ops(live, sends, links, failed, careful)
+        if not self.stream.send(payload):
+            raise RemoteError(self.stream.failure("the connection closed before the commit"), host=self.label)
+        self.read_commit(live, sends, links, failed, meaning)
+
+    def commit_ops(self, live: list[MappingPlan], sends: list[Send], links: list[Send], failed: dict[int, str],
+                   careful: set[str]) -> tuple[bytes, list[tuple]]:
+        """The commit's ops, and how to read each one's outcome: make links,
+        move what arrived into place by name, delete, remove the staging
+        folders, then chmod, chown and touch.
 
         From a staging folder whose transfer went wrong (``careful``) only
         the files known to have arrived whole move, and none of the new
         folders it was building. Deletions and clean-up come before the
         chmods, which may take away our own write permission on a folder.
         """
-        log = self.log
         ops = Ops(self.token)
         for mapping_plan in live:
             lost = {d.path for d in mapping_plan.new_dirs if d.base in careful}
@@ -762,9 +783,12 @@ class ShellRun:
             add("rules", mapping_plan, ("touch",))
         ops.quit()
         add("quit")
-        if not self.stream.send(ops.take()):
-            raise RemoteError(self.stream.failure("the connection closed before the commit"), host=self.label)
+        return ops.take(), meaning
 
+    def read_commit(self, live: list[MappingPlan], sends: list[Send], links: list[Send], failed: dict[int, str],
+                    meaning: list[tuple]) -> None:
+        """Read the commit's answers, op by op (``meaning``: see :meth:`commit_ops`)."""
+        log = self.log
         for about in meaning:
             before, op, status = self.markers.next()
             if not status or op == "q":
