@@ -398,11 +398,16 @@ class LocalTrees:
         #: (tree, file mode) -> the R record each entry has on a host where it is unchanged
         self._expected: dict[tuple, list[bytes | None]] = {}
         self._expected_lock = threading.Lock()
+        #: whether planning compares a tree GNU find listed by its records
+        #: (see plan.plan_mapping): their index is then made with the walk
+        self.index_ahead = False
 
     @classmethod
     def for_options(cls, options, warn, senders: int | None = None) -> "LocalTrees":
         """The trees a run with these SyncOptions walks (hashed with --checksum)."""
-        return cls(options.exclude, options.symlinks, warn, options.compare == "checksum", senders)
+        trees = cls(options.exclude, options.symlinks, warn, options.compare == "checksum", senders)
+        trees.index_ahead = not options.list_unchanged and not options.trusted
+        return trees
 
     @property
     def shares_blobs(self) -> bool:
@@ -506,6 +511,10 @@ class LocalTrees:
                 found.sum_lines = hash_tree(found)
                 if found.sum_lines is None:
                     found = None  # a file could not be hashed: the walk says which
+            if found is not None and self.index_ahead and mapping.mode is None:
+                # made here, while the hosts list their dests, not after
+                # (100,000 records: 20-25 ms off planning's path, when the walk ends first)
+                found.index()
             with slot.lock:
                 slot.finding = None
                 if slot.taken:
