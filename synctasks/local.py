@@ -376,7 +376,7 @@ class LocalTrees:
     """
 
     def __init__(self, global_exclude: tuple[str, ...] = (), symlinks: str = "copy", warn=print,
-                 checksum: bool = False, senders: int | None = None):
+                 checksum: bool = False, senders: int | None = None, index_ahead: bool = False):
         #: --checksum: every file is hashed with the walk (once, and beside
         #: the listings: not by each host's planning, one file at a time)
         self.checksum = checksum
@@ -400,14 +400,13 @@ class LocalTrees:
         self._expected_lock = threading.Lock()
         #: whether planning compares a tree GNU find listed by its records
         #: (see plan.plan_mapping): their index is then made with the walk
-        self.index_ahead = False
+        self.index_ahead = index_ahead
 
     @classmethod
     def for_options(cls, options, warn, senders: int | None = None) -> "LocalTrees":
         """The trees a run with these SyncOptions walks (hashed with --checksum)."""
-        trees = cls(options.exclude, options.symlinks, warn, options.compare == "checksum", senders)
-        trees.index_ahead = not options.list_unchanged and not options.trusted
-        return trees
+        return cls(options.exclude, options.symlinks, warn, options.compare == "checksum", senders,
+                   index_ahead=not options.list_unchanged and not options.trusted)
 
     @property
     def shares_blobs(self) -> bool:

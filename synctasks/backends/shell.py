@@ -579,6 +579,10 @@ class ShellRun:
         """The files and the new folders of the live mappings."""
         return _joined([p.sends for p in self.live]), _joined([p.new_dirs for p in self.live])
 
+    def moves(self) -> tuple[list[Send], list[Send]]:
+        """The files and the links of the live mappings: what the commit moves."""
+        return _joined([p.sends for p in self.live]), _joined([p.links for p in self.live])
+
     def groups_of(self, sends: list[Send], new_dirs: list[NewDir]) -> dict[str, tuple[list[Send], list[NewDir]]]:
         """The files and new folders of each SCP stream, by the folder it starts from."""
         groups: dict[str, tuple[list[Send], list[NewDir]]] = {}
@@ -617,8 +621,7 @@ class ShellRun:
             # is when nothing fails (25 ms of client CPU for 2,000 files,
             # off the serial path where the host has cores of its own).
             # (prepare's answers are in: the live mappings are final)
-            live = self.live
-            self.ahead = self.commit_ops(live, self.items()[0], _joined([p.links for p in live]), {}, set())
+            self.ahead = self.commit_ops(self.live, *self.moves(), {}, set())
         for index, (base, scp) in enumerate(streams):
             read_scp_answers(self.stream, scp)
             _, _, statuses = self.markers.next_all()
@@ -858,8 +861,7 @@ def apply(target: Target, stream: Stream, plan: HostPlan, mappings: list[Mapping
         swallowing = run.transfer(failed, careful)
         run.prepared()  # (read already, unless nothing was sent)
         live = run.live
-        sends, _ = run.items()
-        links = _joined([p.links for p in live])
+        sends, links = run.moves()
         for send in sends:
             if id(send) in failed:
                 failed[id(send)] = _staging_free(failed[id(send)], send)
